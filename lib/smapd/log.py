@@ -1,0 +1,152 @@
+"""Logging for every program of the suite: syslog, or stderr with -d.
+
+What it does: `setup()` sends the `smapd` logger to syslog (facility mail
+unless configured otherwise) through a socket opened at once, so that it
+keeps working after chroot; with `debug` it logs to stderr instead.
+Every log line is `PROGRAM[PID]: text`, FWTK style.
+
+What it trusts: nothing a peer sends.  Every argument interpolated into a
+log line (`log.info("from=%s", sender)`) is passed through `sanitize()`:
+control characters, bidirectional overrides and backslashes are escaped
+and the text is capped in length, so a client can neither forge a log
+line nor flood one.  The format string itself is always the program's
+own constant and never contains peer text.
+
+What it must never do: raise because a log line could not be written, or
+let a newline from outside reach the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+import unicodedata
+
+#: The longest piece of peer text kept in one log line (after escaping).
+MAX_PEER_TEXT = 256
+#: The longest whole log line.
+MAX_LINE = 2048
+
+SYSLOG_SOCKETS = ("/dev/log", "/var/run/log", "/var/run/syslog")
+
+logger = logging.getLogger("smapd")
+
+
+def _escape(ch: str) -> str:
+    o = ord(ch)
+    if o < 0x100:
+        return f"\\x{o:02x}"
+    if o < 0x10000:
+        return f"\\u{o:04x}"
+    return f"\\U{o:08x}"
+
+
+def _unsafe(ch: str) -> bool:
+    o = ord(ch)
+    if o < 0x20 or o == 0x7f or 0x80 <= o < 0xa0:
+        return True
+    # Format (bidi overrides, zero-width), surrogates from undecodable
+    # bytes, line/paragraph separators: all can make a line lie.
+    return unicodedata.category(ch) in ("Cf", "Cs", "Zl", "Zp", "Co", "Cn")
+
+
+def sanitize(value, limit: int = MAX_PEER_TEXT, backslash: bool = True) -> str:
+    """Peer text made safe for a log line: escaped and at most `limit`
+    characters (a cut is marked with '...').  A backslash is doubled so
+    that an escape in the output always comes from here, never from the
+    peer (`backslash=False` for text already sanitised piecewise)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        value = bytes(value).decode("utf-8", "backslashreplace")
+    elif not isinstance(value, str):
+        value = str(value)
+    out, size = [], 0
+    for ch in value:
+        piece = "\\\\" if (ch == "\\" and backslash) else (_escape(ch) if _unsafe(ch) else ch)
+        size += len(piece)
+        if size > limit:
+            out.append("...")
+            break
+        out.append(piece)
+    return "".join(out)
+
+
+class _Formatter(logging.Formatter):
+    """`program[pid]: message`, with every argument sanitised."""
+
+    def __init__(self, program: str, stamp: bool):
+        super().__init__()
+        self.program, self.stamp = program, stamp
+
+    def format(self, record: logging.LogRecord) -> str:
+        args = record.args
+        if isinstance(args, dict):
+            args = {k: _clean_arg(v) for k, v in args.items()}
+        elif args:
+            args = tuple(_clean_arg(a) for a in args)
+        try:
+            text = record.msg % args if args else str(record.msg)
+        except (TypeError, ValueError):
+            text = f"{record.msg!r} {args!r}"
+        text = sanitize(text, MAX_LINE, backslash=False)
+        if record.exc_info and record.levelno >= logging.ERROR:
+            text += " (" + sanitize(repr(record.exc_info[1]), MAX_PEER_TEXT) + ")"
+        line = f"{self.program}[{os.getpid()}]: {text}"
+        if self.stamp:
+            line = f"{self.formatTime(record, '%b %d %H:%M:%S')} {line}"
+        return line
+
+
+def _clean_arg(v):
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return v  # numbers keep %d formatting
+    return sanitize(v)
+
+
+class _SafeSyslogHandler(logging.handlers.SysLogHandler):
+    def handleError(self, record):
+        # A full or vanished syslog socket must not kill a mail session.
+        pass
+
+
+def find_syslog_socket():
+    for path in SYSLOG_SOCKETS:
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def setup(program: str, facility: str = "mail", debug: bool = False,
+          socket_path: str = None, stream=None) -> logging.Logger:
+    """Point the suite's logger at syslog (or stderr when `debug`).
+
+    The syslog socket is connected here, before any chroot.  Where there
+    is no syslog socket the lines go to stderr, with one line saying so.
+    """
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.propagate = False
+    handler = None
+    note = None
+    if not debug:
+        path = socket_path or find_syslog_socket()
+        if path:
+            fac = logging.handlers.SysLogHandler.facility_names[facility]
+            try:
+                handler = _SafeSyslogHandler(address=path, facility=fac)
+            except OSError as e:
+                note = f"cannot connect to syslog at {path} ({e.strerror}); logging to stderr"
+        else:
+            note = "no syslog socket (" + ", ".join(SYSLOG_SOCKETS) + "); logging to stderr"
+    if handler is None:
+        handler = logging.StreamHandler(stream or sys.stderr)
+        handler.setFormatter(_Formatter(program, stamp=not debug))
+    else:
+        handler.setFormatter(_Formatter(program, stamp=False))
+    logger.addHandler(handler)
+    if note:
+        logger.warning("%s", note)
+    return logger
