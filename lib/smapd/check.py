@@ -1,0 +1,403 @@
+"""`smapctl check`: the whole table, for every program, explained.
+
+What it does: reads a netperm-table, works out which program of the suite
+reads each program name of the table (`smap`, `smapd`, `ssl-gw`, a name
+they are installed under such as `smmap`, or none), loads each name's
+settings with `config.load` exactly as the program would, adds what only
+a look at the whole table shows (lines for names no program reads, with
+the program each keyword belongs to; settings that contradict each
+other) and, unless asked not to, checks the accounts, directories and
+files the table names on this machine.
+
+What it trusts: the account database and the file system as they are
+when it runs; it changes neither.
+
+What it must never do: invent its own idea of a keyword (config.py has
+them all), or exit 0 when a program would refuse to start.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+import ssl
+import stat
+from dataclasses import dataclass, field
+
+from . import config
+from .config import PROGRAMS, SMAP, SMAPD, SSLGW
+from .netperm import ConfigError, Diagnostic, Table
+
+#: Other programs of the FWTK that share the table; their lines are theirs.
+FWTK_PROGRAMS = {
+    "authsrv", "ftp-gw", "tn-gw", "rlogin-gw", "http-gw", "plug-gw", "x-gw",
+    "netacl", "smtp-gw", "pop3-gw", "authmgr", "mqueue", "portscan",
+}
+
+
+def _squash(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _subsequence(needle: str, hay: str) -> bool:
+    it = iter(hay)
+    return all(c in it for c in needle)
+
+
+def role_of(name: str):
+    """The program that reads `name:` lines when installed under that
+    name, or None.  A program reads its own name; a name that keeps every
+    letter of a program's name in order (`smmap`, `smap-in`, `smmapd`)
+    is taken as that program installed under another name (the longest
+    such program wins: `smmapd` is smapd).  `smtpd` keeps no program's
+    letters in order, so it is no program of the suite."""
+    if name in PROGRAMS:
+        return name
+    found = [p for p in PROGRAMS if _subsequence(_squash(p), _squash(name))]
+    return max(found, key=len) if found else None
+
+
+@dataclass
+class Report:
+    path: str
+    diagnostics: list = field(default_factory=list)
+
+    def add(self, line, severity, message):
+        self.diagnostics.append(Diagnostic(self.path, line, severity, message))
+
+    def extend(self, diags):
+        self.diagnostics.extend(diags)
+
+    def lines(self):
+        seen, out = set(), []
+        order = {"error": 0, "warning": 1, "note": 2}
+        for d in sorted(self.diagnostics, key=lambda d: (d.file != self.path, d.file, d.line, order[d.severity])):
+            key = (d.file, d.line, d.severity, d.message)
+            if key not in seen:
+                seen.add(key)
+                out.append(str(d))
+        return out
+
+    def count(self, severity):
+        return len({(d.file, d.line, d.message) for d in self.diagnostics if d.severity == severity})
+
+
+def check_table(path: str, names=(), files: bool = True) -> Report:
+    """Check the table at `path`.  `names` are `NAME` or `NAME=PROGRAM`
+    entries naming how the programs are invoked; without them, every
+    name in the table that a program reads is checked."""
+    report = Report(path)
+    try:
+        table = Table.read(path)
+    except ConfigError as e:
+        report.extend(e.diagnostics)
+        return report
+    report.extend(table.diagnostics)
+
+    roles = {}
+    for n in table.program_names():
+        roles[n] = role_of(n)
+    wanted = []
+    for spec in names:
+        name, _, role = spec.partition("=")
+        if role and role not in PROGRAMS:
+            report.add(0, "error", f"{spec}: {role!r} is not a program of the suite ({', '.join(PROGRAMS)})")
+            continue
+        role = role or role_of(name)
+        if role is None:
+            report.add(0, "error", f"cannot tell which program {name!r} is; write {name}=smap, {name}=smapd or {name}=ssl-gw")
+            continue
+        roles[name] = role
+        wanted.append(name)
+    if not wanted:
+        wanted = [n for n, r in roles.items() if r]
+
+    first_line = {}
+    for r in table.rules:
+        for p in r.programs:
+            first_line.setdefault(p, r.line)
+
+    loaded = {}
+    for name in wanted:
+        role = roles[name]
+        if name != role and name in first_line:
+            report.add(first_line[name], "note", f"{name!r} is read by {role} (run as {name}, {role} reads the '{name}:' lines)")
+        readers = (name, SSLGW) if role == SSLGW else (name,)
+        result = config.load(table, role, readers)
+        report.extend(result.diagnostics)
+        loaded[name] = result.settings
+
+    _foreign_names(table, roles, loaded, report)
+    for name, s in loaded.items():
+        _consistency(s, name, report)
+    _pairs(loaded, first_line, report)
+    if files:
+        for name, s in loaded.items():
+            _machine(s, name, report)
+    return report
+
+
+def _here(role, loaded):
+    """How a role's program is called in this table (for messages)."""
+    names = [n for n, s in loaded.items() if s.program == role]
+    return names
+
+
+def _foreign_names(table, roles, loaded, report):
+    """Lines for names that no program of the suite reads."""
+    told = set()
+    for rule in table.rules:
+        for prog in rule.programs:
+            if prog == "*" or roles.get(prog):
+                continue
+            owners = config.programs_with(rule.keyword)
+            near = config.nearest(prog, PROGRAMS)
+            if owners:
+                readers = []
+                for o in owners:
+                    readers += [n for n in _here(o, loaded) if n != o]
+                what = " or ".join(owners)
+                msg = (f"{prog!r} names no program of the suite"
+                       + (f" (nearest: {near})" if near else "")
+                       + f"; {rule.spelled()!r} is a keyword of {what}")
+                if readers:
+                    msg += f" (here: {', '.join(readers)})"
+                msg += "; this line is ignored"
+                if len(readers) == 1:
+                    args = " ".join(rule.args)
+                    msg += f": did you mean '{readers[0]}: {rule.spelled()} {args}'?".replace(" '?", "'?")
+                    s = loaded[readers[0]]
+                    kw = config.KEYWORDS.get((s.program, rule.keyword))
+                    if kw and not kw.multi and not s.is_set(rule.keyword):
+                        default = kw.default_text()
+                        if default == args:
+                            msg += f" (the default, {default}, is the same)"
+                        else:
+                            msg += f" ({readers[0]} uses the default, {kw.name} {default})"
+                report.add(rule.line, "warning", msg)
+            elif prog not in told:
+                told.add(prog)
+                if prog in FWTK_PROGRAMS or prog.startswith("netacl-"):
+                    continue
+                if near:
+                    report.add(rule.line, "warning",
+                               f"{prog!r} names no program of the suite (nearest: {near}); its lines are ignored")
+                else:
+                    report.add(rule.line, "note", f"{prog!r} is not a program of the suite; its lines are left to it")
+
+
+def _at(s, key):
+    o = s.origins.get(key)
+    if isinstance(o, list):
+        o = o[0]
+    return o.line if o is not None else 0
+
+
+def _consistency(s, name, report):
+    p = s.program
+    if p == SMAP:
+        if s["ssl-auth"] != "none" and not s["ssl"]:
+            report.add(_at(s, "ssl-auth"), "error", f"{name}: ssl-auth {s['ssl-auth']} needs an 'ssl' certificate")
+        if s["ssl-auth"] != "none" and s["ssl"] and not s["ssl-ca"]:
+            report.add(_at(s, "ssl-auth"), "warning",
+                       f"{name}: ssl-auth {s['ssl-auth']} without ssl-ca: client certificates are asked for "
+                       "but cannot be verified, so none makes a client internal")
+        if s["auth"] and not s["md5file"]:
+            report.add(_at(s, "auth"), "error", f"{name}: auth needs an md5file with the passwords")
+        if s["md5file"] and not s["auth"]:
+            report.add(_at(s, "md5file"), "warning", f"{name}: md5file is set but no 'auth' mechanism is offered")
+        if s["auth"] and s["auth-requires-tls"] and not s["ssl"]:
+            report.add(_at(s, "auth"), "warning",
+                       f"{name}: AUTH is offered only inside TLS (auth-requires-tls yes) and no 'ssl' certificate "
+                       "is set, so AUTH is never offered")
+        nospam = s["nospam"]
+        if "maps-rbl" in nospam and not s["rbl"]:
+            report.add(_at(s, "nospam"), "warning",
+                       f"{name}: nospam maps-rbl but no 'rbl' zone is configured, so no DNSBL is queried "
+                       "(the MAPS RBL the original patch used is long gone): add 'rbl ZONE' lines")
+        if s["rbl"] and "maps-rbl" not in nospam:
+            report.add(_at(s, "rbl"), "warning", f"{name}: rbl zones are queried only with 'nospam maps-rbl'")
+    if p in (SMAP, SSLGW):
+        if s["minspare"] > s["maxspare"]:
+            report.add(_at(s, "minspare"), "error",
+                       f"{name}: minspare {s['minspare']} is above maxspare {s['maxspare']}")
+        if s["maxspare"] > s["maxchildren"] and s.is_set("maxspare"):
+            report.add(_at(s, "maxspare"), "warning",
+                       f"{name}: maxspare {s['maxspare']} is above maxchildren {s['maxchildren']}")
+    if p == SSLGW and s["verify"] >= 1 and not (s["ca-file"] or s["ca-dir"]):
+        report.add(_at(s, "verify"), "error", f"{name}: verify {s['verify']} needs ca-file or ca-dir")
+
+
+def _pairs(loaded, first_line, report):
+    """smap must spool where smapd looks."""
+    smaps = [(n, s) for n, s in loaded.items() if s.program == SMAP]
+    smapds = [(n, s) for n, s in loaded.items() if s.program == SMAPD]
+    if len(smaps) == 1 and len(smapds) == 1:
+        (a, sa), (b, sb) = smaps[0], smapds[0]
+        if os.path.normpath(sa["directory"]) != os.path.normpath(sb["directory"]):
+            report.add(_at(sb, "directory") or first_line.get(b, 0), "warning",
+                       f"{a} spools into {sa['directory']} but {b} reads {sb['directory']}")
+
+
+# --------------------------------------------------------------------------
+# What the table names on this machine.
+
+def _machine(s, name, report):
+    for kw in config.keywords_for(s.program):
+        check = kw.type.check
+        if not check or check == "none":
+            continue
+        if not s.is_set(kw.name) and check not in ("dir", "exec", "user", "group"):
+            continue
+        value = s[kw.name]
+        if value is None or value == ():
+            continue
+        line = _at(s, kw.name)
+        label = f"{name}: {kw.name} {value}" + ("" if s.is_set(kw.name) else " (default)")
+        problem = _CHECKS[check](value, s, kw, report)
+        if problem:
+            severity, text = problem
+            report.add(line, severity, f"{label}: {text}")
+
+
+def _user(value, s, kw, report):
+    if s.program == SSLGW and not s.is_set(kw.name):
+        return None
+    if isinstance(value, int):
+        if value == 0:
+            return ("error", "the programs refuse to run as root")
+        return None
+    try:
+        if pwd.getpwnam(value).pw_uid == 0:
+            return ("error", "the programs refuse to run as root")
+    except KeyError:
+        return ("error", "no such user")
+    return None
+
+
+def _group(value, s, kw, report):
+    if s.program == SSLGW and not s.is_set(kw.name):
+        return None
+    if isinstance(value, int):
+        return ("error", "the programs refuse to run with group 0") if value == 0 else None
+    try:
+        grp.getgrnam(value)
+    except KeyError:
+        return ("error", "no such group")
+    return None
+
+
+def _uid_gid(s):
+    def resolve(v, db, attr):
+        if isinstance(v, int):
+            return v
+        try:
+            return getattr(db(v), attr)
+        except KeyError:
+            return None
+    return resolve(s["userid"], pwd.getpwnam, "pw_uid"), resolve(s["groupid"], grp.getgrnam, "gr_gid")
+
+
+def _writable_by(st, uid, gid):
+    if uid is None:
+        return True  # the account error is reported on its own line
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IWUSR)
+    if gid is not None and st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IWGRP)
+    return bool(st.st_mode & stat.S_IWOTH)
+
+
+def _dir(value, s, kw, report):
+    try:
+        st = os.stat(value)
+    except OSError as e:
+        return ("error", f"cannot use it: {e.strerror}")
+    if not stat.S_ISDIR(st.st_mode):
+        return ("error", "is not a directory")
+    if kw.name in ("directory", "baddir") and s.program in (SMAP, SMAPD):
+        uid, gid = _uid_gid(s)
+        if not _writable_by(st, uid, gid):
+            return ("error", f"is not writable by {s['userid']}/{s['groupid']}, who must create spool files in it")
+    return None
+
+
+def _file(value, s, kw, report):
+    try:
+        st = os.stat(value)
+    except OSError as e:
+        return ("error", f"cannot use it: {e.strerror}")
+    if not stat.S_ISREG(st.st_mode):
+        return ("error", "is not a regular file")
+    try:
+        with open(value, "rb"):
+            pass
+    except OSError as e:
+        return ("error", f"cannot read it: {e.strerror}")
+    return None
+
+
+def _pem(value, s, kw, report):
+    bad = _file(value, s, kw, report)
+    if bad:
+        return bad
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(value)
+    except ssl.SSLError as e:
+        return ("error", f"is not a usable key and certificate ({e.reason or e})")
+    except OSError as e:
+        return ("error", f"cannot load it: {e.strerror}")
+    mode = os.stat(value).st_mode
+    if mode & stat.S_IROTH:
+        return ("warning", f"holds a private key and is readable by everyone (mode {mode & 0o7777:04o}); make it 0600")
+    return None
+
+
+_PASSWORD_LINE = re.compile(r"^[^:\s]+:(?:[0-9a-fA-F]{32}|\$[a-z0-9-]+\$\S+)$")
+
+
+def _secret(value, s, kw, report):
+    bad = _file(value, s, kw, report)
+    if bad:
+        return bad
+    mode = os.stat(value).st_mode
+    if mode & stat.S_IWOTH:
+        return ("error", f"is writable by everyone (mode {mode & 0o7777:04o})")
+    with open(value, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            line = raw.rstrip(b"\r\n")
+            if not line or line.startswith(b"#"):
+                continue
+            if not _PASSWORD_LINE.match(line.decode("utf-8", "replace")):
+                report.diagnostics.append(Diagnostic(value, n, "error",
+                                                     "not 'user:<32 hex digits of MD5>' nor a salted entry of smapctl passwd"))
+    if mode & stat.S_IROTH:
+        return ("warning", f"holds password hashes and is readable by everyone (mode {mode & 0o7777:04o}); make it 0600")
+    return None
+
+
+def _exec(value, s, kw, report):
+    if isinstance(value, tuple):
+        value = value[0]
+    bad = _file(value, s, kw, report)
+    if bad:
+        return bad
+    if not os.access(value, os.X_OK):
+        return ("error", "is not executable")
+    return None
+
+
+def _pidfile(value, s, kw, report):
+    parent = os.path.dirname(value) or "/"
+    if not os.path.isdir(parent):
+        return ("error", f"its directory {parent} does not exist")
+    return None
+
+
+_CHECKS = {
+    "user": _user, "group": _group, "dir": _dir, "file": _file, "pem": _pem,
+    "secret": _secret, "exec": _exec, "pidfile": _pidfile,
+}

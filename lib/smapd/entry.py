@@ -1,0 +1,119 @@
+"""The command lines of smap, smapd and ssl-gw.
+
+What it does: parses each program's arguments (FWTK style for smap and
+smapd, stunnel 3.x style for ssl-gw), finds the names it reads the table
+under and loads its settings, exiting 2 with file:line on any error.
+In this release that is all they do: the SMTP receiver, the spool runner
+and the TLS relay arrive in their own modules, and until then each
+program says so and exits 1 rather than pretend to serve.
+
+What it trusts: argv and the environment.
+
+What it must never do: touch a socket or the spool before the
+configuration has been read without error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getopt
+import os
+import sys
+
+from . import __version__
+from .config import SMAP, SMAPD, SSLGW
+from .progname import EXIT_RUNTIME, invoked_name, load_settings, table_path
+
+
+def _fwtk_parser(prog: str, daemon_flag: bool) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, allow_abbrev=False)
+    if daemon_flag:
+        p.add_argument("-daemon", action="store_true", help="run the standalone prefork master")
+        p.add_argument("-f", "--foreground", action="store_true", help="with -daemon: do not detach")
+    p.add_argument("-d", "--debug", action="store_true", help="stay in the foreground and log to stderr")
+    p.add_argument("--config", metavar="FILE", help="the netperm-table")
+    p.add_argument("-V", "--version", action="version", version=f"{prog} (smapd suite) {__version__}")
+    p.add_argument("name", nargs="?", help="read the table's lines for NAME instead of the program's name")
+    return p
+
+
+def _not_yet(prog: str, what: str) -> int:
+    print(f"{prog}: configuration read without error; {what} is not part of this release yet", file=sys.stderr)
+    return EXIT_RUNTIME
+
+
+def smap_main(argv=None) -> int:
+    argv = sys.argv if argv is None else argv
+    prog = os.path.basename(argv[0]) or SMAP
+    args = _fwtk_parser(prog, True).parse_args(argv[1:])
+    name = invoked_name(argv[0], args.name)
+    load_settings(SMAP, (name,), table_path(args.config), prog)
+    return _not_yet(prog, "the SMTP receiver")
+
+
+def smapd_main(argv=None) -> int:
+    argv = sys.argv if argv is None else argv
+    prog = os.path.basename(argv[0]) or SMAPD
+    args = _fwtk_parser(prog, False).parse_args(argv[1:])
+    name = invoked_name(argv[0], args.name)
+    load_settings(SMAPD, (name,), table_path(args.config), prog)
+    return _not_yet(prog, "the spool runner")
+
+
+#: stunnel 3.x letters; a colon marks a letter that takes an argument.
+STUNNEL_OPTS = "d:r:p:v:A:a:s:g:N:P:fD:o:t:C:hV"
+
+SSLGW_USAGE = """\
+usage: ssl-gw [-h] [-V] [-p pemfile] [-v level] [-A certfile] [-a directory]
+              [-s user] [-g group] [-t timeout] [-N service] [-f] [-P pidfile]
+              [-D level] [-o file] [-C cipherlist] [-d [host:]port] -r [host:]port
+"""
+
+
+def sslgw_main(argv=None) -> int:
+    argv = sys.argv if argv is None else argv
+    prog = os.path.basename(argv[0]) or SSLGW
+    try:
+        opts, rest = getopt.getopt(argv[1:], STUNNEL_OPTS)
+    except getopt.GetoptError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        print(SSLGW_USAGE, end="", file=sys.stderr)
+        return EXIT_RUNTIME
+    o = dict(opts)
+    if "-h" in o:
+        print(SSLGW_USAGE, end="")
+        return 0
+    if "-V" in o:
+        print(f"{prog} (smapd suite) {__version__}")
+        return 0
+    if rest:
+        print(f"{prog}: unexpected argument {rest[0]!r}", file=sys.stderr)
+        print(SSLGW_USAGE, end="", file=sys.stderr)
+        return EXIT_RUNTIME
+    if "-r" not in o:
+        print(f"{prog}: the -r option must be used", file=sys.stderr)
+        return EXIT_RUNTIME
+    service = o.get("-N") or _service_name(o["-r"])
+    names = tuple(dict.fromkeys((prog, SSLGW, service)))
+    load_settings(SSLGW, names, table_path(os.environ.get("NETPERM_TABLE")), prog)
+    return _not_yet(prog, "the TLS relay")
+
+
+def _service_name(remote: str) -> str:
+    """stunnel's TCP-wrappers service name: `-r imap` gives `imap`,
+    `-r localhost:143` gives `localhost.143`."""
+    return remote.replace(":", ".")
+
+
+def _run(main):
+    def wrapper():
+        try:
+            sys.exit(main())
+        except KeyboardInterrupt:
+            sys.exit(130)
+    return wrapper
+
+
+smap = _run(smap_main)
+smapd = _run(smapd_main)
+sslgw = _run(sslgw_main)

@@ -1,0 +1,74 @@
+"""smapctl: the operator's tool.
+
+What it does: `smapctl check` validates the netperm-table for every
+program of the suite and the files and accounts it names (see check.py);
+`smapctl maildrop` is the demo's local delivery agent (see maildrop.py).
+Further commands (queue, requeue, flush, mkcert, passwd, stats) join it
+as the programs they administer land.
+
+What it trusts: the operator who runs it.
+
+What it must never do: change the table, the spool or any file when
+asked only to look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__, check
+from .progname import EXIT_OK, EXIT_RUNTIME, table_path
+
+
+def cmd_check(args) -> int:
+    path = table_path(args.config)
+    report = check.check_table(path, args.names, files=not args.syntax_only)
+    for line in report.lines():
+        print(line)
+    errors, warnings = report.count("error"), report.count("warning")
+    plural = lambda n, w: f"{n} {w}" + ("" if n == 1 else "s")
+    print(f"{path}: {plural(errors, 'error')}, {plural(warnings, 'warning')}")
+    return EXIT_RUNTIME if errors else EXIT_OK
+
+
+def cmd_maildrop(args) -> int:
+    from . import maildrop
+    return maildrop.main(args.directory, args.sendmail_args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smapctl", description="administer the smapd suite")
+    p.add_argument("-V", "--version", action="version", version=f"smapctl (smapd suite) {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    c = sub.add_parser("check", help="validate the netperm-table and what it names",
+                       description="Validate the netperm-table for smap, smapd and ssl-gw, "
+                                   "and the accounts, directories and files it names.")
+    c.add_argument("--config", "-c", metavar="FILE",
+                   help="the table (default: $NETPERM_TABLE, else /usr/local/etc/netperm-table)")
+    c.add_argument("--syntax-only", "-n", action="store_true",
+                   help="check the table only, not the accounts and files it names")
+    c.add_argument("names", nargs="*", metavar="NAME[=PROGRAM]",
+                   help="the names the programs run under (default: every name of the table a program reads)")
+    c.set_defaults(func=cmd_check)
+    m = sub.add_parser("maildrop", help="sendmail-compatible delivery into Maildirs (the demo's MTA)",
+                       description="Read a message on stdin and write one Maildir message per recipient "
+                                   "under DIR/RECIPIENT/. Takes sendmail's -oi -f SENDER -- RCPT… arguments.")
+    m.add_argument("directory", metavar="DIR")
+    m.add_argument("sendmail_args", nargs=argparse.REMAINDER, metavar="-oi -f SENDER -- RCPT…")
+    m.set_defaults(func=cmd_maildrop)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
