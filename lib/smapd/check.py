@@ -99,7 +99,7 @@ def check_table(path: str, names=(), files: bool = True) -> Report:
     roles = {}
     for n in table.program_names():
         roles[n] = role_of(n)
-    wanted = []
+    wanted, declared = [], set()
     for spec in names:
         name, _, role = spec.partition("=")
         if role and role not in PROGRAMS:
@@ -111,6 +111,7 @@ def check_table(path: str, names=(), files: bool = True) -> Report:
             continue
         roles[name] = role
         wanted.append(name)
+        declared.add(name)
     if not wanted:
         wanted = [n for n, r in roles.items() if r]
 
@@ -122,8 +123,9 @@ def check_table(path: str, names=(), files: bool = True) -> Report:
     loaded = {}
     for name in wanted:
         role = roles[name]
-        if name != role and name in first_line:
-            report.add(first_line[name], "note", f"{name!r} is read by {role} (run as {name}, {role} reads the '{name}:' lines)")
+        if name != role and name in first_line and name not in declared:
+            report.add(first_line[name], "note",
+                       f"{name!r} is {role} installed under another name: run as {name}, it reads the '{name}:' lines")
         readers = (name, SSLGW) if role == SSLGW else (name,)
         result = config.load(table, role, readers)
         report.extend(result.diagnostics)
@@ -150,10 +152,12 @@ def _foreign_names(table, roles, loaded, report):
     told = set()
     for rule in table.rules:
         for prog in rule.programs:
-            if prog == "*" or roles.get(prog):
+            if prog == "*" or roles.get(prog) or prog in FWTK_PROGRAMS or prog.startswith("netacl-"):
                 continue
             owners = config.programs_with(rule.keyword)
-            near = config.nearest(prog, PROGRAMS)
+            # The nearest name; among equally near ones, a program that
+            # has the keyword.
+            near = config.nearest(prog, owners + [p for p in PROGRAMS if p not in owners])
             if owners:
                 readers = []
                 for o in owners:
@@ -179,8 +183,6 @@ def _foreign_names(table, roles, loaded, report):
                 report.add(rule.line, "warning", msg)
             elif prog not in told:
                 told.add(prog)
-                if prog in FWTK_PROGRAMS or prog.startswith("netacl-"):
-                    continue
                 if near:
                     report.add(rule.line, "warning",
                                f"{prog!r} names no program of the suite (nearest: {near}); its lines are ignored")
@@ -255,7 +257,8 @@ def _machine(s, name, report):
         if value is None or value == ():
             continue
         line = _at(s, kw.name)
-        label = f"{name}: {kw.name} {value}" + ("" if s.is_set(kw.name) else " (default)")
+        shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
+        label = f"{name}: {kw.name} {shown}" + ("" if s.is_set(kw.name) else " (default)")
         problem = _CHECKS[check](value, s, kw, report)
         if problem:
             severity, text = problem

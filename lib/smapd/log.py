@@ -135,10 +135,14 @@ def setup(program: str, facility: str = "mail", debug: bool = False,
         path = socket_path or find_syslog_socket()
         if path:
             fac = logging.handlers.SysLogHandler.facility_names[facility]
-            try:
-                handler = _SafeSyslogHandler(address=path, facility=fac)
-            except OSError as e:
-                note = f"cannot connect to syslog at {path} ({e.strerror}); logging to stderr"
+            handler = _SafeSyslogHandler(address=path, facility=fac)
+            sock = getattr(handler, "socket", None)
+            if sock is None or sock.fileno() < 0:
+                # The handler swallows the failure and would retry at every
+                # line, which a chrooted process cannot: say so now.
+                handler.close()
+                handler = None
+                note = f"cannot connect to syslog at {path}; logging to stderr"
         else:
             note = "no syslog socket (" + ", ".join(SYSLOG_SOCKETS) + "); logging to stderr"
     if handler is None:

@@ -136,7 +136,7 @@ def tokenize(text: str) -> list:
 def quote(token: str) -> str:
     """The inverse of `tokenize` for one argument: a spelling that reads
     back as exactly `token`."""
-    if token and not any(c in token for c in _BLANKS + "\"'\\\n,#"):
+    if token and not any(c in token for c in _BLANKS + "\"'\\\r\n,#"):
         return token
     out = []
     for c in token:

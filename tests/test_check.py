@@ -1,0 +1,237 @@
+"""smapctl check, run as the operator runs it, on the reference table and others."""
+
+import hashlib
+import os
+import re
+import stat
+import subprocess
+
+import pytest
+
+from conftest import REFERENCE_TABLE, run
+
+REFERENCE_WARNINGS = [
+    ":6: note: 'smmap' is smap installed under another name: run as smmap, it reads the 'smmap:' lines",
+    ":6: note: 'smmapd' is smapd installed under another name: run as smmapd, it reads the 'smmapd:' lines",
+    ":13: warning: executable /usr/local/etc/smmapd is accepted for compatibility only: smapd forks its "
+    "delivery children and never executes another program, so the path is unused",
+    ":22: warning: smmap: ssl-auth optional without ssl-ca: client certificates are asked for but cannot be "
+    "verified, so none makes a client internal",
+    ":32: warning: smmap: nospam maps-rbl but no 'rbl' zone is configured, so no DNSBL is queried (the MAPS "
+    "RBL the original patch used is long gone): add 'rbl ZONE' lines",
+    ":44: warning: 'smtpd' names no program of the suite (nearest: smapd); 'wakeup' is a keyword of smapd "
+    "(here: smmapd); this line is ignored: did you mean 'smmapd: wakeup 15'? (smmapd uses the default, "
+    "wakeup 30)",
+    ":47: warning: 'smtpd' names no program of the suite (nearest: smapd); 'maxrecip' is a keyword of smap "
+    "(here: smmap); this line is ignored: did you mean 'smmap: maxrecip 100'? (the default, 100, is the same)",
+    ":48: warning: 'smtpd' names no program of the suite (nearest: smapd); 'maxbytes' is a keyword of smap "
+    "(here: smmap); this line is ignored: did you mean 'smmap: maxbytes 4000000'? (smmap uses the default, "
+    "maxbytes 10240000)",
+]
+
+
+def check(*args, env=None):
+    r = run("smapctl", "check", *args, env=env)
+    assert r.stderr == ""
+    return r.returncode, r.stdout.splitlines()
+
+
+def test_reference_table_syntax_only():
+    code, lines = check("-n", "--config", REFERENCE_TABLE)
+    assert code == 0
+    assert lines == [REFERENCE_TABLE + w for w in REFERENCE_WARNINGS] + [
+        f"{REFERENCE_TABLE}: 0 errors, 6 warnings"]
+
+
+def test_reference_table_on_a_machine_without_its_files():
+    # The reference names files of its own host; here none of them exists.
+    for path in ("/var/spool/smmap", "/var/ssl/certs/mail.pem", "/etc/smtppass", "/etc/spamdb"):
+        assert not os.path.exists(path), f"{path} exists on this machine; the test expects it not to"
+    code, lines = check("--config", REFERENCE_TABLE)
+    assert code == 1
+    for w in REFERENCE_WARNINGS:
+        assert REFERENCE_TABLE + w in lines
+    errors = [line[len(REFERENCE_TABLE):] for line in lines if ": error: " in line]
+    assert errors == [
+        ":10: error: smmap: directory /var/spool/smmap: cannot use it: No such file or directory",
+        ":10: error: smmapd: directory /var/spool/smmap: cannot use it: No such file or directory",
+        ":19: error: smmap: ssl /var/ssl/certs/mail.pem: cannot use it: No such file or directory",
+        ":26: error: smmap: md5file /etc/smtppass: cannot use it: No such file or directory",
+        ":35: error: smmap: spam-database /etc/spamdb: cannot use it: No such file or directory",
+        ":38: error: smmapd: baddir /var/spool/smmap/bad: cannot use it: No such file or directory",
+    ]
+    assert lines[-1] == f"{REFERENCE_TABLE}: 6 errors, 6 warnings"
+
+
+def make_pem(path, mode=0o600):
+    key, crt = str(path) + ".key", str(path) + ".crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
+                    "-subj", "/CN=mail.example.test", "-days", "2"], check=True, capture_output=True)
+    with open(path, "wb") as f:
+        f.write(open(key, "rb").read() + open(crt, "rb").read())
+    os.chmod(path, mode)
+    os.unlink(key)
+    os.unlink(crt)
+    return str(path)
+
+
+def relocated_reference(tmp_path, spool_owner=99):
+    """The reference table with only its paths moved under tmp_path, and
+    every file and directory it names really there."""
+    root = tmp_path / "root"
+    spool = root / "var/spool/smmap"
+    (spool / "bad").mkdir(parents=True)
+    for d in (spool, spool / "bad"):
+        if os.geteuid() == 0:
+            os.chown(d, spool_owner, spool_owner)
+        else:
+            os.chmod(d, 0o777)
+    (root / "var/ssl/certs").mkdir(parents=True)
+    make_pem(root / "var/ssl/certs/mail.pem")
+    (root / "etc").mkdir()
+    pw = root / "etc/smtppass"
+    pw.write_text("user:" + hashlib.md5(b"secret").hexdigest() + "\n")
+    pw.chmod(0o600)
+    (root / "etc/spamdb").write_text("192.0.2.0/24\n")
+    text = open(REFERENCE_TABLE).read()
+    for path in ("/var/spool/smmap", "/var/ssl/certs/mail.pem", "/etc/smtppass", "/etc/spamdb"):
+        text = text.replace(" " + path, " " + str(root) + path)
+    table = tmp_path / "netperm-table"
+    table.write_text(text)
+    return str(table), root
+
+
+def test_reference_table_with_its_files_in_place(tmp_path):
+    assert os.access("/usr/sbin/sendmail", os.X_OK), "Postfix's sendmail is missing (make test installs it)"
+    table, _ = relocated_reference(tmp_path)
+    code, lines = check("--config", table)
+    assert code == 0, lines
+    assert lines == [table + w for w in REFERENCE_WARNINGS] + [f"{table}: 0 errors, 6 warnings"]
+
+
+def test_files_and_accounts(tmp_path):
+    table, root = relocated_reference(tmp_path)
+    pem = root / "var/ssl/certs/mail.pem"
+    pem.chmod(0o644)
+    pw = root / "etc/smtppass"
+    pw.write_text("# users\nuser:" + "0" * 32 + "\nbroken line\nother:$pbkdf2-sha256$1000$c2FsdA$aGFzaA\n"
+                  "short:abc\n")
+    pw.chmod(0o644)
+    text = open(table).read().replace("userid 99", "userid no-such-user-here")
+    text = text.replace("sendmail /usr/sbin/sendmail", f"sendmail {root}/etc/spamdb")
+    text += "smmapd: sendmail /usr/sbin/sendmail\n"
+    open(table, "w").write(text)
+    code, lines = check("--config", table)
+    assert code == 1
+    body = "\n".join(lines)
+    assert f"{table}:6: error: smmap: userid no-such-user-here: no such user" in lines
+    assert f"{table}:6: error: smmapd: userid no-such-user-here: no such user" in lines
+    assert re.search(re.escape(f"{table}:19: warning: smmap: ssl {pem}: holds a private key and is readable "
+                               "by everyone (mode 0644); make it 0600"), body)
+    assert f"{table}:26: warning: smmap: md5file {pw}: holds password hashes and is readable by everyone " \
+           "(mode 0644); make it 0600" in lines
+    assert f"{pw}:3: error: not 'user:<32 hex digits of MD5>' nor a salted entry of smapctl passwd" in lines
+    assert f"{pw}:5: error: not 'user:<32 hex digits of MD5>' nor a salted entry of smapctl passwd" in lines
+    assert not any(line.startswith(f"{pw}:4:") or line.startswith(f"{pw}:2:") for line in lines)
+    assert f"{table}:16: error: smmapd: sendmail {root}/etc/spamdb: is not executable" in lines
+    assert f"{table}:49: warning: sendmail is already set at line 16; the first line wins and this one is " \
+           "ignored" in lines
+
+
+def test_bad_pem_and_world_writable_password_file(tmp_path, table):
+    pem = tmp_path / "bad.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    pw = tmp_path / "pw"
+    pw.write_text("u:" + "a" * 32 + "\n")
+    pw.chmod(0o666)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    path = table(f"smap: directory {spool}\nsmap: userid 0\nsmap: ssl {pem}\nsmap: auth plain\n"
+                 f"smap: md5file {pw}\n")
+    code, lines = check("--config", path)
+    assert code == 1
+    assert f"{path}:2: error: smap: userid 0: the programs refuse to run as root" in lines
+    assert any(line.startswith(f"{path}:3: error: smap: ssl {pem}: is not a usable key and certificate")
+               for line in lines), lines
+    assert f"{path}:5: error: smap: md5file {pw}: is writable by everyone (mode 0666)" in lines
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own the spool as another user")
+def test_spool_not_writable_by_the_user(tmp_path, table):
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o755)
+    os.chown(spool, 0, 0)
+    path = table(f"smap: directory {spool}\nsmap: userid nobody\n")
+    code, lines = check("--config", path)
+    assert code == 1
+    assert any(line.startswith(f"{path}:1: error: smap: directory {spool}: is not writable by nobody/")
+               for line in lines), lines
+
+
+def test_syntax_errors_and_bad_values(table):
+    path = table("smap: maxbytes lots\nsmap userid nobody\nsmap: crlf strict extra\n")
+    code, lines = check("-n", "--config", path)
+    assert code == 1
+    assert lines == [
+        f"{path}:1: error: maxbytes: 'lots' is not a whole number",
+        f"{path}:2: error: no ':' after the program list (expected 'program: keyword args…')",
+        f"{path}:3: error: crlf takes one argument (crlf strict|normalize), found 2",
+        f"{path}: 3 errors, 0 warnings",
+    ]
+
+
+def test_names_of_other_programs(table):
+    path = table("ftp-gw: timeout 5\nnetacl-fingerd: permit-hosts *\nmailer: frob 1\nsmpad: wakeup 3\n"
+                 "smap-in: maxbytes 100\nsmapd: wakeup 5\nsmap: maxrecip 2\n")
+    code, lines = check("-n", "--config", path)
+    assert code == 0
+    assert lines == [
+        f"{path}:3: note: 'mailer' is not a program of the suite; its lines are left to it",
+        f"{path}:4: warning: 'smpad' names no program of the suite (nearest: smapd); 'wakeup' is a keyword of "
+        "smapd; this line is ignored",
+        f"{path}:5: note: 'smap-in' is smap installed under another name: run as smap-in, it reads the "
+        "'smap-in:' lines",
+        f"{path}: 0 errors, 1 warning",
+    ]
+
+
+def test_named_programs_and_env(table):
+    path = table("imap: verify 2\nimap: ca-file /nonexistent/ca.pem\n")
+    code, lines = check("-n", "imap=ssl-gw", env={"NETPERM_TABLE": path})
+    assert code == 0 and lines == [f"{path}: 0 errors, 0 warnings"]
+    code, lines = check("imap=ssl-gw", env={"NETPERM_TABLE": path})
+    assert code == 1
+    assert lines[0] == f"{path}:2: error: imap: ca-file /nonexistent/ca.pem: cannot use it: No such file or directory"
+    code, lines = check("-n", "--config", path, "pop=bogus", "mailer")
+    assert code == 1
+    assert lines[:2] == [
+        f"{path}: error: pop=bogus: 'bogus' is not a program of the suite (smap, smapd, ssl-gw)",
+        f"{path}: error: cannot tell which program 'mailer' is; write mailer=smap, mailer=smapd or mailer=ssl-gw",
+    ]
+
+
+def test_contradictions(table, tmp_path):
+    path = table("smap: ssl-auth required\nsmap: auth login\nsmap: rbl zen.example.org\n"
+                 "smap: minspare 30\nsmap: directory /a\nsmapd: directory /b\n"
+                 "ssl-gw: verify 2\n")
+    code, lines = check("-n", "--config", path)
+    assert code == 1
+    assert lines == [
+        f"{path}:1: error: smap: ssl-auth required needs an 'ssl' certificate",
+        f"{path}:2: error: smap: auth needs an md5file with the passwords",
+        f"{path}:2: warning: smap: AUTH is offered only inside TLS (auth-requires-tls yes) and no 'ssl' "
+        "certificate is set, so AUTH is never offered",
+        f"{path}:3: warning: smap: rbl zones are queried only with 'nospam maps-rbl'",
+        f"{path}:4: error: smap: minspare 30 is above maxspare 20",
+        f"{path}:6: warning: smap spools into /a but smapd reads /b",
+        f"{path}:7: error: ssl-gw: verify 2 needs ca-file or ca-dir",
+        f"{path}: 4 errors, 3 warnings",
+    ]
+
+
+def test_missing_table_and_usage():
+    code, lines = check("--config", "/nonexistent/table")
+    assert code == 1
+    assert lines[0] == "/nonexistent/table: error: cannot read the table: No such file or directory"
+    r = run("smapctl", "check", "--bogus")
+    assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr

@@ -1,0 +1,115 @@
+"""The installed commands: smap, smapd and ssl-gw read their table under the
+name they were invoked by, and refuse a bad one with file:line; smapctl
+maildrop delivers into Maildirs as a sendmail would."""
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import REFERENCE_TABLE, command, run
+
+
+def test_smap_reads_its_own_name(table, tmp_path):
+    path = table("smmap: maxbytes lots\nsmap: maxbytes 5\n")
+    r = run("smap", "--config", path)
+    assert r.returncode == 1 and "configuration read without error" in r.stderr
+    # the same program installed as smmap reads the smmap: lines
+    link = tmp_path / "smmap"
+    link.symlink_to(command("smap"))
+    r = subprocess.run([str(link), "--config", path], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr == f"smmap: {path}:1: error: maxbytes: 'lots' is not a whole number\n"
+    # a trailing name argument wins over argv[0]
+    r = run("smap", "--config", path, "smmap")
+    assert r.returncode == 2 and f"{path}:1: error" in r.stderr
+
+
+def test_reference_table_loads_for_smmap_and_smmapd(tmp_path):
+    for prog, name in (("smap", "smmap"), ("smapd", "smmapd")):
+        link = tmp_path / name
+        link.symlink_to(command(prog))
+        r = subprocess.run([str(link), "--config", REFERENCE_TABLE], capture_output=True, text=True)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.startswith(f"{name}: configuration read without error")
+
+
+def test_table_from_environment_and_missing_table(table):
+    path = table("smapd: wakeup 0\n")
+    r = run("smapd", env={"NETPERM_TABLE": path})
+    assert r.returncode == 2
+    assert r.stderr == f"smapd: {path}:1: error: wakeup: 0 is out of range (1 or more)\n"
+    r = run("smapd", "--config", "/nonexistent/table")
+    assert r.returncode == 2
+    assert "/nonexistent/table: error: cannot read the table: No such file or directory" in r.stderr
+
+
+def test_sslgw_stunnel_command_line(table):
+    r = run("ssl-gw", "-x")
+    assert r.returncode == 1 and "option -x not recognized" in r.stderr and "usage: ssl-gw" in r.stderr
+    r = run("ssl-gw", "-p", "/x.pem")
+    assert r.returncode == 1 and "the -r option must be used" in r.stderr
+    path = table("imap: verify 9\n")
+    r = run("ssl-gw", "-r", "imap", "-s", "nobody", "-g", "nobody", "-p", "/x.pem", env={"NETPERM_TABLE": path})
+    assert r.returncode == 2
+    assert r.stderr == f"ssl-gw: {path}:1: error: verify: 9 is out of range (0..3)\n"
+    r = run("ssl-gw", "-V")
+    assert r.returncode == 0 and r.stdout.startswith("ssl-gw (smapd suite)")
+
+
+def test_version_and_usage():
+    for prog in ("smap", "smapd", "smapctl"):
+        r = run(prog, "--version")
+        assert r.returncode == 0 and "(smapd suite)" in r.stdout
+    r = run("smap", "-bogus")
+    assert r.returncode == 2 and "unrecognized arguments" in r.stderr
+
+
+# -------------------------------------------------------------- maildrop
+
+MESSAGE = b"Subject: test\r\n\r\n8-bit: caf\xc3\xa9\r\n.\r\n..stuffed stays\r\nlast\r\n"
+
+
+def maildrop(directory, *args, input=MESSAGE):
+    return subprocess.run([command("smapctl"), "maildrop", str(directory), *args], input=input,
+                          capture_output=True)
+
+
+def messages(box):
+    new = box / "new"
+    return [(new / f).read_bytes() for f in sorted(os.listdir(new))]
+
+
+def test_maildrop_one_copy_per_recipient(tmp_path):
+    r = maildrop(tmp_path, "-oi", "-f", "sender@example.org", "--", "a@example.org", "B@Example.org")
+    assert (r.returncode, r.stderr) == (0, b"")
+    for rcpt, box in (("a@example.org", "a@example.org"), ("B@Example.org", "b@example.org")):
+        assert messages(tmp_path / box) == [
+            f"Return-Path: <sender@example.org>\nDelivered-To: {rcpt}\n".encode() + MESSAGE]
+        assert os.listdir(tmp_path / box / "tmp") == []
+
+
+def test_maildrop_without_oi_stops_at_a_dot_line(tmp_path):
+    r = maildrop(tmp_path, "-f", "<>", "x@example.org")
+    assert r.returncode == 0
+    assert messages(tmp_path / "x@example.org") == [
+        b"Return-Path: <>\nDelivered-To: x@example.org\nSubject: test\r\n\r\n8-bit: caf\xc3\xa9\r\n"]
+
+
+@pytest.mark.parametrize("rcpt", ["../escape", ".hidden", "-option", "a/b@example.org", "sp ace@x"])
+def test_maildrop_refuses_unsafe_recipients_and_delivers_nothing(tmp_path, rcpt):
+    r = maildrop(tmp_path / "md", "-oi", "-f", "s@x", "--", "ok@example.org", rcpt)
+    assert r.returncode == 67 and b"not a deliverable address" in r.stderr
+    assert not (tmp_path / "md").exists()
+
+
+def test_maildrop_usage_and_temporary_failure(tmp_path):
+    r = maildrop(tmp_path, "-oi", "-f", "s@x")
+    assert r.returncode == 64 and b"no recipients" in r.stderr
+    r = maildrop(tmp_path, "-X", "a@b")
+    assert r.returncode == 64 and b"unsupported option '-X'" in r.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = maildrop(blocker, "-oi", "-f", "s@x", "--", "a@example.org", "b@example.org")
+    assert r.returncode == 75
+    assert not (tmp_path / "a@example.org").exists()
