@@ -235,3 +235,10 @@ def test_missing_table_and_usage():
     assert lines[0] == "/nonexistent/table: error: cannot read the table: No such file or directory"
     r = run("smapctl", "check", "--bogus")
     assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
+
+
+def test_sample_table_is_clean():
+    from conftest import ROOT
+    path = os.path.join(ROOT, "etc", "netperm-table.sample")
+    code, lines = check("-n", "--config", path)
+    assert (code, lines) == (0, [f"{path}: 0 errors, 0 warnings"])

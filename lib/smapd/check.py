@@ -313,13 +313,21 @@ def _writable_by(st, uid, gid):
     return bool(st.st_mode & stat.S_IWOTH)
 
 
-def _dir(value, s, kw, report):
+def _stat(value, is_kind, kind):
+    """(stat, None) for a path of the right kind, else (None, problem)."""
     try:
         st = os.stat(value)
     except OSError as e:
-        return ("error", f"cannot use it: {e.strerror}")
-    if not stat.S_ISDIR(st.st_mode):
-        return ("error", "is not a directory")
+        return None, ("error", f"cannot use it: {e.strerror}")
+    if not is_kind(st.st_mode):
+        return None, ("error", f"is not {kind}")
+    return st, None
+
+
+def _dir(value, s, kw, report):
+    st, bad = _stat(value, stat.S_ISDIR, "a directory")
+    if bad:
+        return bad
     if kw.name in ("directory", "baddir") and s.program in (SMAP, SMAPD):
         uid, gid = _uid_gid(s)
         if not _writable_by(st, uid, gid):
@@ -328,12 +336,9 @@ def _dir(value, s, kw, report):
 
 
 def _file(value, s, kw, report):
-    try:
-        st = os.stat(value)
-    except OSError as e:
-        return ("error", f"cannot use it: {e.strerror}")
-    if not stat.S_ISREG(st.st_mode):
-        return ("error", "is not a regular file")
+    _, bad = _stat(value, stat.S_ISREG, "a regular file")
+    if bad:
+        return bad
     try:
         with open(value, "rb"):
             pass

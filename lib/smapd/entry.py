@@ -42,22 +42,21 @@ def _not_yet(prog: str, what: str) -> int:
     return EXIT_RUNTIME
 
 
-def smap_main(argv=None) -> int:
+def _fwtk_main(argv, program: str, daemon_flag: bool, what: str) -> int:
     argv = sys.argv if argv is None else argv
-    prog = os.path.basename(argv[0]) or SMAP
-    args = _fwtk_parser(prog, True).parse_args(argv[1:])
+    prog = os.path.basename(argv[0]) or program
+    args = _fwtk_parser(prog, daemon_flag).parse_args(argv[1:])
     name = invoked_name(argv[0], args.name)
-    load_settings(SMAP, (name,), table_path(args.config), prog)
-    return _not_yet(prog, "the SMTP receiver")
+    load_settings(program, (name,), table_path(args.config), prog)
+    return _not_yet(prog, what)
+
+
+def smap_main(argv=None) -> int:
+    return _fwtk_main(argv, SMAP, True, "the SMTP receiver")
 
 
 def smapd_main(argv=None) -> int:
-    argv = sys.argv if argv is None else argv
-    prog = os.path.basename(argv[0]) or SMAPD
-    args = _fwtk_parser(prog, False).parse_args(argv[1:])
-    name = invoked_name(argv[0], args.name)
-    load_settings(SMAPD, (name,), table_path(args.config), prog)
-    return _not_yet(prog, "the spool runner")
+    return _fwtk_main(argv, SMAPD, False, "the spool runner")
 
 
 #: stunnel 3.x letters; a colon marks a letter that takes an argument.
