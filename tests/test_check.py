@@ -188,7 +188,7 @@ def test_names_of_other_programs(table):
     assert lines == [
         f"{path}:3: note: 'mailer' is not a program of the suite; its lines are left to it",
         f"{path}:4: warning: 'smpad' names no program of the suite (nearest: smapd); 'wakeup' is a keyword of "
-        "smapd; this line is ignored",
+        "smapd; this line is ignored: did you mean 'smapd: wakeup 3'?",
         f"{path}:5: note: 'smap-in' is smap installed under another name: run as smap-in, it reads the "
         "'smap-in:' lines",
         f"{path}: 0 errors, 1 warning",
@@ -242,3 +242,68 @@ def test_sample_table_is_clean():
     path = os.path.join(ROOT, "etc", "netperm-table.sample")
     code, lines = check("-n", "--config", path)
     assert (code, lines) == (0, [f"{path}: 0 errors, 0 warnings"])
+
+
+def test_star_lines_are_checked_for_every_program(table):
+    path = table("*: maxbytes lots\n*: wakeup soon\n*: verify 7\n*: ftp-only-keyword x\nsmap: userid 1\n")
+    code, lines = check("-n", "--config", path)
+    assert code == 1
+    assert lines == [
+        f"{path}:1: error: maxbytes: 'lots' is not a whole number",
+        f"{path}:2: error: wakeup: 'soon' is not a whole number",
+        f"{path}:3: error: verify: 7 is out of range (0..3)",
+        f"{path}: 3 errors, 0 warnings",
+    ]
+
+
+def test_role_detection():
+    from smapd.check import role_of
+    assert [role_of(n) for n in ("smap", "smmap", "smmapd", "smap-in", "in.smapd", "ssl_gw", "sslgw",
+                                 "ssl-gw-imap")] == ["smap", "smap", "smapd", "smap", "smapd", "ssl-gw",
+                                                     "ssl-gw", "ssl-gw"]
+    assert [role_of(n) for n in ("smtpd", "sitemap", "spam-map", "sendmailmap", "smtp-map", "imaps")] == [None] * 6
+
+
+def test_shared_lines_and_service_names(table):
+    path = table("smap,smtpd: maxrecip 5\nimaps: connect 143\nsitemap: timeout 5m\n")
+    code, lines = check("-n", "--config", path)
+    assert code == 0
+    assert lines == [
+        f"{path}:1: warning: 'smtpd' names no program of the suite (nearest: smapd); 'maxrecip' is a keyword of "
+        "smap; the 'smtpd' entry of this line is ignored",
+        f"{path}:2: note: 'imaps' names no program of the suite; 'connect' is a keyword of ssl-gw: if imaps is "
+        "ssl-gw's service name (-r or -N), check it with 'smapctl check imaps=ssl-gw'; otherwise this line is "
+        "ignored",
+        f"{path}:3: warning: 'sitemap' names no program of the suite; 'timeout' is a keyword of smap or ssl-gw; "
+        "this line is ignored",
+        f"{path}: 0 errors, 2 warnings",
+    ]
+
+
+def test_open_relay_settings_are_errors(table):
+    path = table("smap: relay-hosts 192.0.2.0/24 *\nsmap: relay-hosts 0.0.0.0/0 unknown\nsmap: relay-domain *\n")
+    code, lines = check("-n", "--config", path)
+    assert code == 1
+    assert lines == [
+        f"{path}:1: error: smap: relay-hosts * makes smap an open relay",
+        f"{path}:1: error: smap: relay-hosts 0.0.0.0/0 makes smap an open relay",
+        f"{path}:1: error: smap: relay-hosts unknown makes smap an open relay",
+        f"{path}:3: error: smap: relay-domain * accepts mail for every domain: an open relay",
+        f"{path}: 4 errors, 0 warnings",
+    ]
+
+
+def test_encrypted_key_is_refused_without_a_prompt(tmp_path, table):
+    key, crt = tmp_path / "k", tmp_path / "c"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-passout", "pass:secret", "-keyout", str(key),
+                    "-out", str(crt), "-subj", "/CN=x", "-days", "1"], check=True, capture_output=True)
+    pem = tmp_path / "enc.pem"
+    pem.write_bytes(key.read_bytes() + crt.read_bytes())
+    pem.chmod(0o600)
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o777)
+    path = table(f"smap: directory {spool}\nsmap: ssl {pem}\n")
+    code, lines = check("--config", path)
+    assert code == 1
+    assert f"{path}:2: error: smap: ssl {pem}: holds an encrypted private key: a daemon has nobody to type its " \
+           "pass phrase" in lines

@@ -53,9 +53,9 @@ def test_only_my_names_and_star():
 
 
 def test_listen_forms():
-    s = loaded("smap: listen 2525\nsmap: listen 127.0.0.1:25\nsmap: listen [::1]:465 smtps\n"
+    s = loaded("smap: listen smtps\nsmap: listen 2525\nsmap: listen 127.0.0.1:25\nsmap: listen [::1]:465 smtps\n"
                "smap: listen *:smtp\n").settings
-    assert s["listen"] == (Listen(None, 2525), Listen("127.0.0.1", 25), Listen("::1", 465, True), Listen(None, 25))
+    assert s["listen"] == (Listen(None, 465, True), Listen(None, 2525), Listen("127.0.0.1", 25), Listen("::1", 465, True), Listen(None, 25))
 
 
 def test_hosts_rules_compiled_with_flags():

@@ -31,7 +31,9 @@ from smapd.netperm import Rule, check_hosts, compile_host_pattern, compile_host_
     ("2001:db8::/32", "2001:db8:ffff::1", None, True),
     ("2001:db8::/32", "2001:db9::1", None, False),
     ("2001:DB8::1", "2001:db8::1", None, True),
-    ("2001:db8::*", "2001:db8::42", None, True),
+    ("::ffff:10.0.0.0/104", "10.1.2.3", None, True),
+    ("::ffff:10.0.0.0/104", "::ffff:10.1.2.3", None, True),
+    ("example.com.", "192.0.2.7", "example.com", True),
     ("::/0", "192.0.2.1", None, False),
     ("192.0.2.7", "::ffff:192.0.2.7", None, True),  # an IPv4 client on an IPv6 socket
     ("192.0.2.0/24", "::ffff:192.0.2.9", None, True),
@@ -50,7 +52,7 @@ def test_pattern(pattern, addr, name, expected):
 
 @pytest.mark.parametrize("pattern", [
     "300.1.1.1", "192.0.2.0/33", "10.0.0.0:255.0.0.256", "2001:db8::/129", "exa mple", "a/b", "1.2.3",
-    "::zz", "héllo.example",
+    "::zz", "héllo.example", "2001:db8::*",
 ])
 def test_bad_patterns(pattern):
     with pytest.raises(ValueError):

@@ -34,6 +34,16 @@ def test_reference_table_loads_for_smmap_and_smmapd(tmp_path):
         assert r.stderr.startswith(f"{name}: configuration read without error")
 
 
+def test_other_programs_latin1_lines_do_not_stop_smap(tmp_path):
+    path = tmp_path / "netperm-table"
+    path.write_bytes(b"# Konfiguration f\xfcr alle Proxies\nftp-gw: banner \"Gr\xfc\xdfe\"\nsmap: maxbytes 5\n"
+                     b"smapd: banner \"\xff\"\n")
+    r = run("smap", "--config", str(path))
+    assert r.returncode == 1 and "configuration read without error" in r.stderr
+    r = run("smapd", "--config", str(path))
+    assert r.returncode == 2 and r.stderr == f"smapd: {path}:4: error: the line is not valid UTF-8\n"
+
+
 def test_table_from_environment_and_missing_table(table):
     path = table("smapd: wakeup 0\n")
     r = run("smapd", env={"NETPERM_TABLE": path})
@@ -53,6 +63,8 @@ def test_sslgw_stunnel_command_line(table):
     r = run("ssl-gw", "-r", "imap", "-s", "nobody", "-g", "nobody", "-p", "/x.pem", env={"NETPERM_TABLE": path})
     assert r.returncode == 2
     assert r.stderr == f"ssl-gw: {path}:1: error: verify: 9 is out of range (0..3)\n"
+    r = run("ssl-gw", "--config", path, "-r", "imap")
+    assert r.returncode == 2 and f"{path}:1: error" in r.stderr
     r = run("ssl-gw", "-V")
     assert r.returncode == 0 and r.stdout.startswith("ssl-gw (smapd suite)")
 
@@ -110,6 +122,17 @@ def test_maildrop_usage_and_temporary_failure(tmp_path):
     assert r.returncode == 64 and b"unsupported option '-X'" in r.stderr
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    r = maildrop(blocker, "-oi", "-f", "s@x", "--", "a@example.org", "b@example.org")
-    assert r.returncode == 75
-    assert not (tmp_path / "a@example.org").exists()
+    r = maildrop(blocker / "md", "-oi", "-f", "s@x", "--", "a@example.org", "b@example.org")
+    assert r.returncode == 75 and b"Not a directory" in r.stderr
+    assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("args, code", [
+    (("-f", "evil>\nX-Injected: yes", "--", "bob@example.org"), 64),
+    (("-f", "s@x", "--", "bob@example.org\r\n"), 67),
+    (("-f", "s@x", "--", "b" * 250 + "@example.org"), 67),
+])
+def test_maildrop_refuses_header_injection(tmp_path, args, code):
+    r = maildrop(tmp_path / "md", "-oi", *args)
+    assert r.returncode == code
+    assert not (tmp_path / "md").exists()

@@ -37,26 +37,28 @@ FWTK_PROGRAMS = {
 }
 
 
-def _squash(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-def _subsequence(needle: str, hay: str) -> bool:
-    it = iter(hay)
-    return all(c in it for c in needle)
+_SEPARATORS = "-_."
 
 
 def role_of(name: str):
     """The program that reads `name:` lines when installed under that
-    name, or None.  A program reads its own name; a name that keeps every
-    letter of a program's name in order (`smmap`, `smap-in`, `smmapd`)
-    is taken as that program installed under another name (the longest
-    such program wins: `smmapd` is smapd).  `smtpd` keeps no program's
-    letters in order, so it is no program of the suite."""
+    name, or None.  A program reads its own name, the name with one letter
+    doubled (`smmap`, `smmapd`, the FWTK patches' names), and the name
+    with a suffix or prefix after a separator (`smap-in`, `smapd.2`).
+    Any other name (`smtpd`, `sitemap`, a service name of ssl-gw) is no
+    program of the suite unless the operator says so with NAME=PROGRAM."""
     if name in PROGRAMS:
         return name
-    found = [p for p in PROGRAMS if _subsequence(_squash(p), _squash(name))]
-    return max(found, key=len) if found else None
+    low = name.lower()
+    for p in sorted(PROGRAMS, key=len, reverse=True):
+        bare = p.replace("-", "")
+        if low.replace("-", "").replace("_", "") == bare:
+            return p
+        if any(low == p[:i] + p[i] + p[i:] for i in range(len(p))):
+            return p
+        if any(low.startswith(p + sep) or low.endswith(sep + p) for sep in _SEPARATORS):
+            return p
+    return None
 
 
 @dataclass
@@ -114,6 +116,14 @@ def check_table(path: str, names=(), files: bool = True) -> Report:
         declared.add(name)
     if not wanted:
         wanted = [n for n, r in roles.items() if r]
+        # A program the table does not name still reads its '*' lines.
+        for p in PROGRAMS:
+            if not any(roles[n] == p for n in wanted):
+                wanted.append(p)
+                roles[p] = p
+        configured = {n for n in wanted if n in first_line_names(table)}
+    else:
+        configured = set(wanted)
 
     first_line = {}
     for r in table.rules:
@@ -136,15 +146,22 @@ def check_table(path: str, names=(), files: bool = True) -> Report:
         _consistency(s, name, report)
     _pairs(loaded, first_line, report)
     if files:
+        # Accounts, directories and files of the programs the table
+        # configures; not the defaults of a program it does not mention.
         for name, s in loaded.items():
-            _machine(s, name, report)
+            if name in configured:
+                _machine(s, name, report)
     return report
 
 
-def _here(role, loaded):
+def first_line_names(table):
+    return {p for r in table.rules for p in r.programs if p != "*"}
+
+
+def _here(role, loaded, table):
     """How a role's program is called in this table (for messages)."""
-    names = [n for n, s in loaded.items() if s.program == role]
-    return names
+    named = first_line_names(table)
+    return [n for n, s in loaded.items() if s.program == role and n in named]
 
 
 def _foreign_names(table, roles, loaded, report):
@@ -158,18 +175,23 @@ def _foreign_names(table, roles, loaded, report):
             # The nearest name; among equally near ones, a program that
             # has the keyword.
             near = config.nearest(prog, owners + [p for p in PROGRAMS if p not in owners])
-            if owners:
-                readers = []
-                for o in owners:
-                    readers += [n for n in _here(o, loaded) if n != o]
-                what = " or ".join(owners)
+            shared = any(roles.get(p) for p in rule.programs if p != prog)
+            ignored = f"the {prog!r} entry of this line is ignored" if shared else "this line is ignored"
+            if owners == [SSLGW]:
+                report.add(rule.line, "note",
+                           f"{prog!r} names no program of the suite; {rule.spelled()!r} is a keyword of ssl-gw: "
+                           f"if {prog} is ssl-gw's service name (-r or -N), check it with "
+                           f"'smapctl check {prog}=ssl-gw'; otherwise {ignored}")
+            elif owners:
+                readers = [n for o in owners for n in _here(o, loaded, table)]
                 msg = (f"{prog!r} names no program of the suite"
                        + (f" (nearest: {near})" if near else "")
-                       + f"; {rule.spelled()!r} is a keyword of {what}")
-                if readers:
-                    msg += f" (here: {', '.join(readers)})"
-                msg += "; this line is ignored"
-                if len(readers) == 1:
+                       + f"; {rule.spelled()!r} is a keyword of {' or '.join(owners)}")
+                aliases = [n for n in readers if n not in PROGRAMS]
+                if aliases:
+                    msg += f" (here: {', '.join(aliases)})"
+                msg += f"; {ignored}"
+                if len(readers) == 1 and near and not shared:
                     args = " ".join(rule.args)
                     msg += f": did you mean '{readers[0]}: {rule.spelled()} {args}'?".replace(" '?", "'?")
                     s = loaded[readers[0]]
@@ -219,6 +241,14 @@ def _consistency(s, name, report):
             report.add(_at(s, "nospam"), "warning",
                        f"{name}: nospam maps-rbl but no 'rbl' zone is configured, so no DNSBL is queried "
                        "(the MAPS RBL the original patch used is long gone): add 'rbl ZONE' lines")
+        for pattern in s["relay-hosts"]:
+            if pattern.kind in ("any", "unknown") or (pattern.kind == "address" and pattern.mask == 0):
+                report.add(_at(s, "relay-hosts"), "error",
+                           f"{name}: relay-hosts {pattern.text} makes smap an open relay")
+        for pattern in s["relay-domain"]:
+            if pattern.strip("*") == "":
+                report.add(_at(s, "relay-domain"), "error",
+                           f"{name}: relay-domain {pattern} accepts mail for every domain: an open relay")
         if s["rbl"] and "maps-rbl" not in nospam:
             report.add(_at(s, "rbl"), "warning", f"{name}: rbl zones are queried only with 'nospam maps-rbl'")
     if p in (SMAP, SSLGW):
@@ -353,7 +383,9 @@ def _pem(value, s, kw, report):
         return bad
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        ctx.load_cert_chain(value)
+        ctx.load_cert_chain(value, password=_no_pass_phrase)
+    except _Encrypted:
+        return ("error", "holds an encrypted private key: a daemon has nobody to type its pass phrase")
     except ssl.SSLError as e:
         return ("error", f"is not a usable key and certificate ({e.reason or e})")
     except OSError as e:
@@ -362,6 +394,14 @@ def _pem(value, s, kw, report):
     if mode & stat.S_IROTH:
         return ("warning", f"holds a private key and is readable by everyone (mode {mode & 0o7777:04o}); make it 0600")
     return None
+
+
+class _Encrypted(Exception):
+    pass
+
+
+def _no_pass_phrase():
+    raise _Encrypted()
 
 
 _PASSWORD_LINE = re.compile(r"^[^:\s]+:(?:[0-9a-fA-F]{32}|\$[a-z0-9-]+\$\S+)$")

@@ -269,7 +269,7 @@ class ListenType(Type):
                 host = str(ipaddress.ip_address(host))
             except ValueError:
                 raise ValueError(f"{host!r} is not an IP address (listen on addresses, not names)") from None
-        tls = False
+        tls = port.lower() == "smtps"  # `listen smtps` is port 465 with TLS
         if len(args) == 2:
             if args[1].lower() != "smtps":
                 raise ValueError(f"{args[1]!r}: the only listener option is 'smtps'")
@@ -403,6 +403,10 @@ _DECLARATIONS = [
     Keyword(SMAP, "maxrecip", Int(1), 100, "most recipients of one message (452 4.5.3 above it)"),
     Keyword(SMAP, "timeout", Int(1, metavar="SECONDS"), 300,
             "idle time-out in seconds; the client gets 421 4.4.2 and is disconnected"),
+    Keyword(SMAP, "session-timeout", Int(1, metavar="SECONDS"), 7200,
+            "the longest a whole session may last; then 421 4.4.2 and disconnect"),
+    Keyword(SMAP, "min-data-rate", Int(0, metavar="OCTETS"), 64,
+            "octets per second a client must keep up in DATA after its first 30 seconds (0: no minimum)"),
     Keyword(SMAP, "hostname", Word("NAME", r"[A-Za-z0-9_.-]+", "a host name"), _fqdn,
             "the name in the greeting and the Received header", default_doc="the host's fully qualified name"),
     Keyword(SMAP, "banner", Text(), None, "the text of the 220 greeting instead of '<hostname> SMTP/smap Ready.'"),

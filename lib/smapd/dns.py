@@ -17,6 +17,7 @@ did not confirm.
 from __future__ import annotations
 
 import ipaddress
+import time
 from typing import Optional, Sequence
 
 import dns.exception
@@ -77,23 +78,34 @@ def make_resolver(specs: Sequence[str] = (), lifetime: float = 5.0) -> dns.resol
     return res
 
 
-def confirmed_name(addr, resolver: dns.resolver.Resolver) -> Optional[str]:
+def confirmed_name(addr, resolver: dns.resolver.Resolver, lifetime: float = None) -> Optional[str]:
     """The forward-confirmed reverse name of `addr` (lower case, no
     trailing dot), or None: no PTR, DNS trouble, or no PTR name whose
-    A/AAAA records contain the address."""
+    A/AAAA records contain the address.  All look-ups together take at
+    most `lifetime` seconds (the resolver's own by default)."""
     try:
         a = client_address(addr)
     except ValueError:
         return None
+    deadline = time.monotonic() + (resolver.lifetime if lifetime is None else lifetime)
+
+    def resolve(qname, rtype):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise dns.exception.Timeout()
+        return resolver.resolve(qname, rtype, lifetime=left)
+
     rtype = "A" if a.version == 4 else "AAAA"
     try:
-        ptr = resolver.resolve(dns.reversename.from_address(str(a)), "PTR")
+        ptr = resolve(dns.reversename.from_address(str(a)), "PTR")
     except (dns.exception.DNSException, OSError, ValueError):
         return None
     for rr in list(ptr)[:MAX_PTR_NAMES]:
         name = rr.target
         try:
-            answer = resolver.resolve(name, rtype)
+            answer = resolve(name, rtype)
+        except dns.exception.Timeout:
+            return None
         except (dns.exception.DNSException, OSError, ValueError):
             continue
         for fwd in answer:

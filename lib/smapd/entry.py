@@ -63,7 +63,7 @@ def smapd_main(argv=None) -> int:
 STUNNEL_OPTS = "d:r:p:v:A:a:s:g:N:P:fD:o:t:C:hV"
 
 SSLGW_USAGE = """\
-usage: ssl-gw [-h] [-V] [-p pemfile] [-v level] [-A certfile] [-a directory]
+usage: ssl-gw [-h] [-V] [--config table] [-p pemfile] [-v level] [-A certfile] [-a directory]
               [-s user] [-g group] [-t timeout] [-N service] [-f] [-P pidfile]
               [-D level] [-o file] [-C cipherlist] [-d [host:]port] -r [host:]port
 """
@@ -73,7 +73,7 @@ def sslgw_main(argv=None) -> int:
     argv = sys.argv if argv is None else argv
     prog = os.path.basename(argv[0]) or SSLGW
     try:
-        opts, rest = getopt.getopt(argv[1:], STUNNEL_OPTS)
+        opts, rest = getopt.getopt(argv[1:], STUNNEL_OPTS, ["config="])
     except getopt.GetoptError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         print(SSLGW_USAGE, end="", file=sys.stderr)
@@ -94,7 +94,7 @@ def sslgw_main(argv=None) -> int:
         return EXIT_RUNTIME
     service = o.get("-N") or _service_name(o["-r"])
     names = tuple(dict.fromkeys((prog, SSLGW, service)))
-    load_settings(SSLGW, names, table_path(os.environ.get("NETPERM_TABLE")), prog)
+    load_settings(SSLGW, names, table_path(o.get("--config")), prog)
     return _not_yet(prog, "the TLS relay")
 
 

@@ -10,9 +10,10 @@ What it trusts: its caller (smapd) for the envelope; a recipient still
 has to be a plain address before it becomes a directory name.
 
 What it must never do: deliver to some recipients and report failure (it
-writes every copy to tmp/ first and renames them all into new/ only when
-all are written), or make a directory name out of an address that could
-leave DIR.
+writes and syncs every copy in tmp/ first and renames them all into new/
+only when all are written), put an address with a control character in
+a header, or make a directory name out of an address that could leave
+DIR.
 
 Exit statuses (sysexits, as sendmail): 0 delivered to all; 64 usage;
 67 a recipient that cannot be a Maildir name; 75 temporary failure (a
@@ -38,12 +39,19 @@ def _unique() -> str:
     return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{_counter}.{host}"
 
 
+def plain(address: str) -> bool:
+    """No blanks, control characters or DEL: nothing that could end a
+    header line or hide in one."""
+    return not any(ord(c) < 33 or ord(c) == 127 for c in address)
+
+
 def mailbox_name(rcpt: str):
     """The directory name of a recipient, or None when the address is not
-    a plain one (path separators, a leading dot or dash, control chars)."""
-    name = rcpt.strip().lower()
-    if (not name or "/" in name or name.startswith((".", "-"))
-            or any(ord(c) < 33 or ord(c) == 127 for c in name)):
+    a plain one (path separators, a leading dot or dash, blanks, control
+    characters, longer than a file name may be)."""
+    name = rcpt.lower()
+    if (not name or "/" in name or name.startswith((".", "-")) or not plain(name)
+            or len(name.encode("utf-8", "surrogateescape")) > 200):
         return None
     return name
 
@@ -96,7 +104,7 @@ def deliver(directory: str, sender, rcpts, body: bytes) -> int:
             print(f"maildrop: {r!r}: not a deliverable address", file=sys.stderr)
             return EX_NOUSER
         boxes.append((r, os.path.join(directory, name)))
-    staged = []
+    staged, delivered = [], 0
     try:
         for rcpt, box in boxes:
             for sub in ("tmp", "new", "cur"):
@@ -116,13 +124,15 @@ def deliver(directory: str, sender, rcpts, body: bytes) -> int:
                 os.close(fd)
         for tmp, new in staged:
             os.rename(tmp, new)
-        for _, new in staged:
-            dfd = os.open(os.path.dirname(new), os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            delivered += 1
     except OSError as e:
+        if delivered:
+            # Renames within one file system do not fail short of a broken
+            # disk; if one did, the copies already in new/ stay, and a
+            # retry would duplicate them, so this is reported as done.
+            print(f"maildrop: {e.filename or directory}: {e.strerror}: delivered to {delivered} of "
+                  f"{len(staged)} recipients only", file=sys.stderr)
+            return EX_OK
         for tmp, _ in staged:
             try:
                 os.unlink(tmp)
@@ -130,6 +140,15 @@ def deliver(directory: str, sender, rcpts, body: bytes) -> int:
                 pass
         print(f"maildrop: {e.filename or directory}: {e.strerror}", file=sys.stderr)
         return EX_TEMPFAIL
+    for _, new in staged:
+        try:
+            dfd = os.open(os.path.dirname(new), os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            print(f"maildrop: cannot sync {os.path.dirname(new)}: {e.strerror}", file=sys.stderr)
     return EX_OK
 
 
@@ -141,5 +160,8 @@ def main(directory: str, argv) -> int:
         return EX_USAGE
     if sender in ("<>",):
         sender = ""
+    if sender and not plain(sender):
+        print(f"maildrop: {sender!r}: not a plain sender address", file=sys.stderr)
+        return EX_USAGE
     body = read_message(sys.stdin.buffer, ignore_dots)
     return deliver(directory, sender, rcpts, body)

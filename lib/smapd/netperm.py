@@ -178,36 +178,30 @@ class Table:
     def parse(cls, data, path: str = "<table>") -> "Table":
         """Parse bytes or text; never raises for bad content."""
         table = cls(path)
-        if isinstance(data, bytes):
-            lines = data.split(b"\n")
-        else:
-            lines = data.split("\n")
-        for lineno, raw in enumerate(lines, 1):
-            if isinstance(raw, bytes):
-                try:
-                    raw = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    table._error(lineno, "the line is not valid UTF-8")
-                    continue
+        if isinstance(data, str):
+            data = data.encode("utf-8", "surrogatepass")
+        for lineno, raw in enumerate(data.split(b"\n"), 1):
             table._parse_line(raw, lineno)
         return table
 
     def _error(self, lineno: int, message: str, programs: tuple = ()) -> None:
         self.diagnostics.append(Diagnostic(self.path, lineno, "error", message, programs))
 
-    def _parse_line(self, raw: str, lineno: int) -> None:
-        line = raw[:-1] if raw.endswith("\r") else raw
+    def _parse_line(self, raw: bytes, lineno: int) -> None:
+        line = raw[:-1] if raw.endswith(b"\r") else raw
         # FWTK: a comment only in column 0.  A '#' anywhere else is data.
-        if line.startswith("#") or not line.strip():
+        # Both are judged on bytes, so that a comment in any encoding is
+        # still a comment.
+        if line.startswith(b"#") or not line.strip():
             return
-        if "\0" in line:
+        if b"\0" in line:
             self._error(lineno, "the line contains a NUL byte")
             return
-        head, colon, rest = line.partition(":")
+        head, colon, rest = line.partition(b":")
         if not colon:
             self._error(lineno, "no ':' after the program list (expected 'program: keyword args…')")
             return
-        programs = split_programs(head)
+        programs = split_programs(head.decode("ascii", "replace"))
         if not programs:
             self._error(lineno, "empty program list before ':'")
             return
@@ -217,7 +211,12 @@ class Table:
             return
         programs = tuple(programs)
         try:
-            words = tokenize(rest)
+            words = tokenize(rest.decode("utf-8"))
+        except UnicodeDecodeError:
+            # Blamed on this line's programs only: another proxy's line in
+            # Latin-1 does not stop ours.
+            self._error(lineno, "the line is not valid UTF-8", programs)
+            return
         except TokenError as e:
             self._error(lineno, str(e), programs)
             return
@@ -283,12 +282,12 @@ class HostPattern:
         if self.kind == "unknown":
             return not name
         if self.kind == "name":
-            return bool(name) and fnmatch.fnmatchcase(name.lower().rstrip("."), self.text.lower())
+            return bool(name) and fnmatch.fnmatchcase(name.lower().rstrip("."), self.text.lower().rstrip("."))
         a = client_address(addr)
         if self.kind == "address":
             return a.version == self.version and (int(a) & self.mask) == self.net
         if self.kind == "addrglob":
-            return fnmatch.fnmatchcase(a.compressed if a.version == 6 else str(a), self.text.lower())
+            return a.version == 4 and fnmatch.fnmatchcase(str(a), self.text)
         return False
 
 
@@ -316,6 +315,11 @@ def compile_host_pattern(text: str) -> HostPattern:
             network = ipaddress.ip_network(text, strict=False)
         except ValueError:
             raise ValueError(f"bad network {text!r} (expected addr/len or addr/mask)") from None
+        mapped = ipaddress.ip_network("::ffff:0:0/96")
+        if network.version == 6 and network.prefixlen >= 96 and network.subnet_of(mapped):
+            # Clients are matched as IPv4: so must an IPv4-mapped prefix be.
+            network = ipaddress.ip_network(
+                f"{network.network_address.ipv4_mapped}/{network.prefixlen - 96}")
         return HostPattern(text, "address", network.version, int(network.network_address), int(network.netmask))
     if not any(c in text for c in _GLOB):
         try:
@@ -333,8 +337,8 @@ def compile_host_pattern(text: str) -> HostPattern:
             raise ValueError(f"bad address {text!r}")
         return HostPattern(text, "addrglob")
     if ":" in text:
-        if has_glob and all(c in "0123456789abcdefABCDEF:" for c in bare):
-            return HostPattern(text, "addrglob")
+        if has_glob:
+            raise ValueError(f"{text!r}: an IPv6 network is written as a prefix (2001:db8::/32), not a glob")
         raise ValueError(f"bad host pattern {text!r}")
     if not re.match(r"^[A-Za-z0-9_.*?\[\]!-]+$", text):
         raise ValueError(f"bad host pattern {text!r} (a name, an address, or a glob of either)")
