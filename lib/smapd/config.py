@@ -393,6 +393,9 @@ def _common(program, directory_doc, directory_default):
         Keyword(program, "pidfile", Path("pidfile"), None, "where the standalone master writes its process id"),
         Keyword(program, "log-facility", Choice(*SYSLOG_FACILITIES, metavar="FACILITY"), "mail",
                 "the syslog facility of the log lines (mail, daemon, local0 to local7, ...)"),
+        Keyword(program, "log-socket", Path("none", "PATH"), None,
+                "the syslog socket, connected before chroot",
+                default_doc="the first of /dev/log, /var/run/log and /var/run/syslog that exists"),
     ]
 
 

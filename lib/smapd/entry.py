@@ -3,9 +3,9 @@
 What it does: parses each program's arguments (FWTK style for smap and
 smapd, stunnel 3.x style for ssl-gw), finds the names it reads the table
 under and loads its settings, exiting 2 with file:line on any error.
-In this release that is all they do: the SMTP receiver, the spool runner
-and the TLS relay arrive in their own modules, and until then each
-program says so and exits 1 rather than pretend to serve.
+smap without -daemon then serves one session in inetd mode (inetd.py).
+The standalone master, the spool runner and the TLS relay arrive in their
+own modules; until then those say so and exit 1 rather than pretend.
 
 What it trusts: argv and the environment.
 
@@ -31,6 +31,9 @@ def _fwtk_parser(prog: str, daemon_flag: bool) -> argparse.ArgumentParser:
         p.add_argument("-daemon", action="store_true", help="run the standalone prefork master")
         p.add_argument("-f", "--foreground", action="store_true", help="with -daemon: do not detach")
     p.add_argument("-d", "--debug", action="store_true", help="stay in the foreground and log to stderr")
+    if daemon_flag:
+        p.add_argument("--allow-root", action="store_true",
+                       help="let userid or groupid be 0 (refused otherwise)")
     p.add_argument("--config", metavar="FILE", help="the netperm-table")
     p.add_argument("-V", "--version", action="version", version=f"{prog} (smapd suite) {__version__}")
     p.add_argument("name", nargs="?", help="read the table's lines for NAME instead of the program's name")
@@ -42,21 +45,26 @@ def _not_yet(prog: str, what: str) -> int:
     return EXIT_RUNTIME
 
 
-def _fwtk_main(argv, program: str, daemon_flag: bool, what: str) -> int:
+def _fwtk_start(argv, program: str, daemon_flag: bool):
+    """(prog, args, settings) of smap or smapd."""
     argv = sys.argv if argv is None else argv
     prog = os.path.basename(argv[0]) or program
     args = _fwtk_parser(prog, daemon_flag).parse_args(argv[1:])
     name = invoked_name(argv[0], args.name)
-    load_settings(program, (name,), table_path(args.config), prog)
-    return _not_yet(prog, what)
+    return prog, args, load_settings(program, (name,), table_path(args.config), prog)
 
 
 def smap_main(argv=None) -> int:
-    return _fwtk_main(argv, SMAP, True, "the SMTP receiver")
+    prog, args, settings = _fwtk_start(argv, SMAP, True)
+    if args.daemon:
+        return _not_yet(prog, "the standalone master (smap -daemon)")
+    from . import inetd
+    return inetd.main(settings, prog, args.debug, args.allow_root)
 
 
 def smapd_main(argv=None) -> int:
-    return _fwtk_main(argv, SMAPD, False, "the spool runner")
+    prog, args, settings = _fwtk_start(argv, SMAPD, False)
+    return _not_yet(prog, "the spool runner")
 
 
 #: stunnel 3.x letters; a colon marks a letter that takes an argument.

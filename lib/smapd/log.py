@@ -110,6 +110,14 @@ class _SafeSyslogHandler(logging.handlers.SysLogHandler):
         pass
 
 
+def _is_socket(stream) -> bool:
+    import stat
+    try:
+        return stat.S_ISSOCK(os.fstat(stream.fileno()).st_mode)
+    except (OSError, AttributeError, ValueError):
+        return False
+
+
 def find_syslog_socket():
     for path in SYSLOG_SOCKETS:
         if os.path.exists(path):
@@ -146,7 +154,13 @@ def setup(program: str, facility: str = "mail", debug: bool = False,
         else:
             note = "no syslog socket (" + ", ".join(SYSLOG_SOCKETS) + "); logging to stderr"
     if handler is None:
-        handler = logging.StreamHandler(stream or sys.stderr)
+        if stream is None and not debug and _is_socket(sys.stderr):
+            # Under inetd stderr is the client's connection: a log line
+            # there would be sent to the peer.  Better lost than leaked.
+            handler = logging.NullHandler()
+            note = None
+        else:
+            handler = logging.StreamHandler(stream or sys.stderr)
         handler.setFormatter(_Formatter(program, stamp=not debug))
     else:
         handler.setFormatter(_Formatter(program, stamp=False))

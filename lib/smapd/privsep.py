@@ -1,0 +1,82 @@
+"""Entering the jail: chroot, then the unprivileged user, verified.
+
+What it does: resolves `userid`/`groupid` (names or numbers) while the
+account database is still reachable, then `chroot(directory)`,
+`chdir("/")`, `setgroups([gid])`, `setgid(gid)`, `setuid(uid)`, and
+verifies the result: real and effective ids, the group list, and that
+`setuid(0)` now fails.  Any difference is a `PrivsepError`; the caller
+exits with EXIT_BOOT so that a master can tell a child that failed to
+boot from one that failed at work.
+
+What it trusts: the operator's table (uid and gid 0 are refused unless
+`allow_root` is forced).
+
+What it must never do: leave a process half-dropped (a kept
+supplementary group, a saved uid of 0, a cwd outside the jail), or use a
+helper that skips setgroups (python-daemon's and gunicorn's do).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+
+#: Exit status of a process that could not enter its jail.
+EXIT_BOOT = 3
+
+
+class PrivsepError(Exception):
+    pass
+
+
+def resolve_ids(userid, groupid):
+    """(uid, gid) from names or numbers; PrivsepError names the unknown one."""
+    if isinstance(userid, int):
+        uid = userid
+    else:
+        try:
+            uid = pwd.getpwnam(userid).pw_uid
+        except KeyError:
+            raise PrivsepError(f"no such user {userid!r}") from None
+    if isinstance(groupid, int):
+        gid = groupid
+    else:
+        try:
+            gid = grp.getgrnam(groupid).gr_gid
+        except KeyError:
+            raise PrivsepError(f"no such group {groupid!r}") from None
+    return uid, gid
+
+
+def enter_jail(directory, uid: int, gid: int, allow_root: bool = False) -> None:
+    """chroot to `directory` (None: no chroot, chdir only) and become
+    uid/gid with no other group.  Must be called as root."""
+    if (uid == 0 or gid == 0) and not allow_root:
+        raise PrivsepError(f"refusing to run as uid {uid}, gid {gid}: root is what the jail is for")
+    try:
+        if directory:
+            os.chroot(directory)
+        os.chdir("/")
+        os.setgroups([gid])
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError as e:
+        raise PrivsepError(f"cannot enter the jail {directory or '/'} as {uid}:{gid}: {e.strerror}") from None
+    verify(uid, gid)
+
+
+def verify(uid: int, gid: int) -> None:
+    """The process is uid/gid with only gid as its group, and cannot get
+    root back."""
+    got = (os.getuid(), os.geteuid(), os.getgid(), os.getegid())
+    if got != (uid, uid, gid, gid):
+        raise PrivsepError(f"ids are {got}, expected ({uid}, {uid}, {gid}, {gid})")
+    if set(os.getgroups()) - {gid}:
+        raise PrivsepError(f"supplementary groups {os.getgroups()} kept")
+    if uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            return
+        raise PrivsepError("setuid(0) succeeded after dropping privileges")

@@ -1,0 +1,1 @@
+"""SMTP for smap: the pure protocol state machine and the socket session."""

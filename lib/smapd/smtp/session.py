@@ -1,0 +1,346 @@
+"""The socket side of an SMTP session: line framing, time limits, the spool.
+
+What it does: `Framer` reads command lines and messages from a blocking
+socket with its own buffer: commands end only at CRLF (`crlf strict`) or
+also at a bare LF (`crlf normalize`); a command longer than 512 octets is
+consumed to its line end and reported, never split into two commands;
+a message ends only at CRLF.CRLF at a true line start, is dot-unstuffed
+and streamed to the spool in canonical LF form, and is measured against
+`maxbytes` while it is read to its end.  `Session.serve()` drives the pure
+`Protocol` with what the framer saw and carries out its actions.
+
+What it trusts: the `Protocol` for every decision, the spool writer for
+durability.  Nothing from the client.
+
+What it must never do: hold more than a bounded amount of client input
+in memory (a command line, or one chunk of a message), make a decision
+of its own about the protocol, or wait longer than the idle time-out,
+the session deadline or the minimum data rate allow.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import time
+from dataclasses import dataclass
+
+from .. import spool
+from .protocol import MAX_COMMAND, Protocol, Result
+
+CHUNK = 65536          # how much of one message line is held before it is written
+RATE_GRACE = 30.0      # seconds of DATA before the minimum rate is enforced
+LINGER = 2.0           # seconds to read what a client still sends after our last reply
+LINGER_BYTES = 1 << 20
+
+log = logging.getLogger("smapd")
+
+
+class Closed(Exception):
+    """The client went away."""
+
+
+class TimedOut(Exception):
+    """A time limit passed; the argument says which."""
+
+
+@dataclass
+class Limits:
+    idle: float = 300.0            # seconds without a byte from the client
+    session: float = 3600.0        # seconds for the whole session
+    min_rate: int = 0              # octets per second during DATA, 0 = off
+    crlf: str = "strict"
+
+
+@dataclass
+class MessageInfo:
+    size: int = 0
+    too_big: bool = False
+    bad_eol: bool = False
+    nul: bool = False
+
+
+class Framer:
+    """Lines and messages out of a socket, with time limits."""
+
+    def __init__(self, sock: socket.socket, limits: Limits, clock=time.monotonic):
+        self.sock = sock
+        self.limits = limits
+        self.clock = clock
+        self.buf = bytearray()
+        self.eof = False
+        self.deadline = clock() + limits.session
+        self.received = 0
+        self._rate_from = None  # (time, bytes) when DATA began
+
+    # -------------------------------------------------------- input
+
+    def _fill(self) -> None:
+        if self.eof:
+            raise Closed()
+        now = self.clock()
+        left = self.deadline - now
+        if left <= 0:
+            raise TimedOut("session time limit exceeded")
+        self.sock.settimeout(min(self.limits.idle, left))
+        try:
+            data = self.sock.recv(CHUNK)
+        except socket.timeout:
+            raise TimedOut("timeout exceeded" if self.clock() < self.deadline
+                           else "session time limit exceeded") from None
+        except (ConnectionError, OSError):
+            self.eof = True
+            raise Closed() from None
+        if not data:
+            self.eof = True
+            raise Closed()
+        self.buf += data
+        self.received += len(data)
+        if self._rate_from and self.limits.min_rate:
+            t0, b0 = self._rate_from
+            elapsed = self.clock() - t0
+            if elapsed > RATE_GRACE and (self.received - b0) / elapsed < self.limits.min_rate:
+                raise TimedOut("data rate too low")
+
+    def pending(self) -> bool:
+        """Is client input already waiting (buffered, or on the socket)?"""
+        if self.buf:
+            return True
+        if self.eof:
+            return False
+        try:
+            r, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        if not r:
+            return False
+        # Readable may also mean EOF: only real bytes count.
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except (BlockingIOError, OSError):
+            return False
+
+    def wait_quiet(self, seconds: float) -> bool:
+        """Wait up to `seconds` for the client to stay silent (greet-delay);
+        False when it talked first."""
+        if self.buf:
+            return False
+        end = self.clock() + seconds
+        while True:
+            left = end - self.clock()
+            if left <= 0:
+                return True
+            r, _, _ = select.select([self.sock], [], [], left)
+            if r:
+                return not self.pending() and not self.eof_now()
+
+    def eof_now(self) -> bool:
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, OSError):
+            return False
+
+    def _find_end(self, start: int = 0):
+        """(index of the line end, its length) or (-1, 0)."""
+        if self.limits.crlf == "strict":
+            i = self.buf.find(b"\r\n", start)
+            return (i, 2) if i >= 0 else (-1, 0)
+        i = self.buf.find(b"\n", start)
+        if i < 0:
+            return -1, 0
+        if i > 0 and self.buf[i - 1] == 0x0D:
+            return i - 1, 2
+        return i, 1
+
+    def read_command(self):
+        """(line, too_long, bad_eol): one command line without its end.
+        A line over the limit is consumed to its end, never split."""
+        too_long = False
+        while True:
+            i, n = self._find_end()
+            if i >= 0:
+                line = bytes(self.buf[:i])
+                del self.buf[:i + n]
+                too_long = too_long or len(line) + 2 > MAX_COMMAND
+                bad = b"\r" in line or b"\n" in line
+                return (b"" if too_long else line), too_long, bad
+            if len(self.buf) > MAX_COMMAND:
+                # Keep a trailing CR: it may start the CRLF.
+                keep = 1 if self.buf.endswith(b"\r") else 0
+                del self.buf[:len(self.buf) - keep]
+                too_long = True
+            self._fill()
+
+    def read_message(self, sink, maxbytes: int) -> MessageInfo:
+        """Read a message up to CRLF.CRLF, writing its canonical form to
+        `sink` (a callable) while it stays within `maxbytes`."""
+        info = MessageInfo()
+        self._rate_from = (self.clock(), self.received - len(self.buf))
+        crlf_before = True      # the DATA line ended with CRLF
+        line_start = True
+        strict = self.limits.crlf == "strict"
+
+        def emit(piece: bytes, first: bool, line_end: bytes = b""):
+            if first and piece.startswith(b"."):
+                piece = piece[1:]
+            if b"\r" in piece or (strict and b"\n" in piece):
+                info.bad_eol = True
+            if b"\0" in piece:
+                info.nul = True
+            piece += line_end
+            info.size += len(piece)
+            if info.size > maxbytes:
+                info.too_big = True
+            if not info.too_big:
+                sink(piece)
+
+        try:
+            while True:
+                i, n = self._find_end()
+                if i < 0:
+                    if len(self.buf) > CHUNK:
+                        keep = 1 if self.buf.endswith(b"\r") else 0
+                        piece = bytes(self.buf[:len(self.buf) - keep])
+                        del self.buf[:len(piece)]
+                        emit(piece, line_start)
+                        line_start = False
+                    self._fill()
+                    continue
+                content = bytes(self.buf[:i])
+                del self.buf[:i + n]
+                if line_start and crlf_before and n == 2 and content == b".":
+                    return info
+                emit(content, line_start, b"\n")
+                line_start = True
+                crlf_before = n == 2
+        finally:
+            self._rate_from = None
+
+
+class Session:
+    """Serve one SMTP connection with a Protocol, a Framer and the spool."""
+
+    def __init__(self, sock, protocol: Protocol, limits: Limits, spool_dir: str, hostname: str,
+                 client_name: str, client_addr: str, greet_delay: float = 0.0):
+        self.sock = sock
+        self.proto = protocol
+        self.framer = Framer(sock, limits)
+        self.spool_dir = spool_dir
+        self.hostname = hostname
+        self.client_name = client_name or "unknown"
+        self.client_addr = client_addr
+        self.greet_delay = greet_delay
+        self.messages = 0
+        self.bytes = 0
+        self.who = f"host={self.client_name}/{self.client_addr}"
+
+    def _send(self, result: Result) -> bool:
+        """Carry out the replies of a result; False when the session ends."""
+        refused = bool(result.replies) and result.replies[-1].code >= 400
+        for why in result.log:
+            log.info("%s %s: %s", self.who, "refused" if refused else "note", why)
+        if result.delay:
+            time.sleep(result.delay)
+        if result.replies:
+            try:
+                self.sock.sendall(b"".join(r.render() for r in result.replies))
+            except OSError:
+                return False
+        return not result.closes
+
+    def serve(self) -> None:
+        log.info("connect %s", self.who)
+        try:
+            if self.greet_delay and not self.framer.wait_quiet(self.greet_delay):
+                self._send(self.proto.early_talker())
+                return
+            if self.framer.pending():
+                self._send(self.proto.early_talker())
+                return
+            if not self._send(self.proto.connect()):
+                return
+            while True:
+                line, too_long, bad = self.framer.read_command()
+                result = self.proto.line(line, pipelined=self.framer.pending(), too_long=too_long, bad_eol=bad)
+                if result.action == "data":
+                    if not self._message():
+                        return
+                    continue
+                if not self._send(result):
+                    return
+        except TimedOut as e:
+            self._send(self.proto.timeout(str(e)))
+        except Closed:
+            log.info("%s lost connection", self.who)
+        finally:
+            log.info("exiting %s messages=%d bytes=%d", self.who, self.messages, self.bytes)
+            self._lingering_close()
+
+    def _lingering_close(self) -> None:
+        """Send FIN after the last reply, then read what the client still
+        had in flight, briefly: closing with unread input would send a
+        reset that can destroy the reply before the client reads it.
+        Other descriptors may hold the connection (inetd's 0, 1 and 2),
+        so the shutdown, not the close, ends it."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            self.sock.settimeout(LINGER)
+            end = time.monotonic() + LINGER
+            drained = 0
+            while time.monotonic() < end and drained < LINGER_BYTES:
+                data = self.sock.recv(CHUNK)
+                if not data:
+                    break
+                drained += len(data)
+        except OSError:
+            pass
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    def _message(self) -> bool:
+        env = self.proto.envelope
+        queue_id = spool.new_queue_id()
+        header = spool.received_header(env.helo, self.client_name, self.client_addr, self.hostname,
+                                       "ESMTP" if env.esmtp else "SMTP", queue_id, env.recipients)
+        try:
+            writer = spool.SpoolWriter(self.spool_dir, env.sender, env.recipients, header, queue_id)
+        except OSError as e:
+            return self._send(self.proto.spool_failed(f"cannot create the spool file: {e.strerror}"))
+        committed = False
+        try:
+            if not self._send(self.proto.data_started()):
+                return False
+            failure = []
+
+            def sink(piece):
+                if failure:
+                    return
+                try:
+                    writer.write(piece)
+                except OSError as e:  # a full disk: read on, then 451
+                    failure.append(e)
+
+            info = self.framer.read_message(sink, self.proto.s.maxbytes)
+            result = self.proto.data_end(info.size, info.too_big, info.bad_eol, info.nul)
+            if result.action != "spool":
+                return self._send(result)
+            if failure:
+                return self._send(self.proto.spool_failed(f"cannot write the spool file: {failure[0].strerror}"))
+            recipients = list(env.recipients)
+            try:
+                writer.commit()
+            except OSError as e:
+                return self._send(self.proto.spool_failed(f"cannot commit the spool file: {e.strerror}"))
+            committed = True
+            self.messages += 1
+            self.bytes += info.size
+            log.info("%s bytes=%d from=<%s> to=%s id=%s", self.who, info.size, env.sender,
+                     ",".join(f"<{r}>" for r in recipients), queue_id)
+            return self._send(self.proto.spooled(queue_id))
+        finally:
+            if not committed:
+                writer.abort()
