@@ -13,7 +13,7 @@ from conftest import REFERENCE_TABLE, command, run
 def test_smap_reads_its_own_name(table, tmp_path):
     path = table("smmap: maxbytes lots\nsmap: maxbytes 5\n")
     r = run("smap", "--config", path)
-    assert r.returncode == 1 and "configuration read without error" in r.stderr
+    assert r.returncode == 1 and "standard input is not a connected socket" in r.stderr
     # the same program installed as smmap reads the smmap: lines
     link = tmp_path / "smmap"
     link.symlink_to(command("smap"))
@@ -26,12 +26,15 @@ def test_smap_reads_its_own_name(table, tmp_path):
 
 
 def test_reference_table_loads_for_smmap_and_smmapd(tmp_path):
-    for prog, name in (("smap", "smmap"), ("smapd", "smmapd")):
+    # The table is read without error; then smmap wants its socket on
+    # stdin, and smmapd is not in this release yet.
+    for prog, name, said in (("smap", "smmap", "]: standard input is not a connected socket"),
+                             ("smapd", "smmapd", ": configuration read without error")):
         link = tmp_path / name
         link.symlink_to(command(prog))
         r = subprocess.run([str(link), "--config", REFERENCE_TABLE], capture_output=True, text=True)
         assert r.returncode == 1, r.stderr
-        assert r.stderr.startswith(f"{name}: configuration read without error")
+        assert f"{name}{said}" in r.stderr or f"{name}[" in r.stderr and said in r.stderr, r.stderr
 
 
 def test_other_programs_latin1_lines_do_not_stop_smap(tmp_path):
@@ -39,7 +42,7 @@ def test_other_programs_latin1_lines_do_not_stop_smap(tmp_path):
     path.write_bytes(b"# Konfiguration f\xfcr alle Proxies\nftp-gw: banner \"Gr\xfc\xdfe\"\nsmap: maxbytes 5\n"
                      b"smapd: banner \"\xff\"\n")
     r = run("smap", "--config", str(path))
-    assert r.returncode == 1 and "configuration read without error" in r.stderr
+    assert r.returncode == 1 and "standard input is not a connected socket" in r.stderr
     r = run("smapd", "--config", str(path))
     assert r.returncode == 2 and r.stderr == f"smapd: {path}:4: error: the line is not valid UTF-8\n"
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import stat
 import sys
 import unicodedata
 
@@ -111,7 +112,6 @@ class _SafeSyslogHandler(logging.handlers.SysLogHandler):
 
 
 def _is_socket(stream) -> bool:
-    import stat
     try:
         return stat.S_ISSOCK(os.fstat(stream.fileno()).st_mode)
     except (OSError, AttributeError, ValueError):
@@ -120,8 +120,11 @@ def _is_socket(stream) -> bool:
 
 def find_syslog_socket():
     for path in SYSLOG_SOCKETS:
-        if os.path.exists(path):
-            return path
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                return path
+        except OSError:
+            continue
     return None
 
 
