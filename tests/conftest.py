@@ -118,3 +118,150 @@ def dns_server(tmp_path):
     yield start
     for s in servers:
         s.stop()
+
+
+# ------------------------------------------------------------------ smap
+
+def nobody_ids():
+    """(uid, gid) of nobody and of nogroup (or nobody's own group)."""
+    import grp
+    import pwd
+    try:
+        gid = grp.getgrnam("nogroup").gr_gid
+    except KeyError:
+        gid = pwd.getpwnam("nobody").pw_gid
+    return pwd.getpwnam("nobody").pw_uid, gid
+
+
+def make_spool(path, uid=None, gid=None):
+    """A spool directory the jailed smap (nobody, or uid/gid) can write."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "bad").mkdir(exist_ok=True)
+    if os.geteuid() == 0:
+        if uid is None:
+            uid, gid = nobody_ids()
+        for d in (path, path / "bad"):
+            os.chown(d, uid, gid)
+            os.chmod(d, 0o700)
+    return path
+
+
+LOOPBACK_RECORDS = ("--local=/example.test/", "--local=/127.in-addr.arpa/", "--local=/ip6.arpa/",
+                    "--host-record=client.example.test,127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def loopback_dns(tmp_path_factory):
+    """One dnsmasq for the whole run: 127.0.0.1 is client.example.test,
+    forward-confirmed; everything else under the test zones is NXDOMAIN.
+    No test depends on the machine's own DNS."""
+    server = DnsServer(tmp_path_factory.mktemp("dns"), LOOPBACK_RECORDS)
+    yield server.port
+    server.stop()
+
+
+@pytest.fixture
+def smap_table(tmp_path, loopback_dns):
+    """smap_table(spool, extra="", name="smap") -> the path of a table for
+    smap with the spool, a test host name and the test's DNS server."""
+    import grp
+
+    def write(spool, extra="", name="smap"):
+        group = grp.getgrgid(nobody_ids()[1]).gr_name
+        text = (f"{name}: directory {spool}\n{name}: hostname test.example\n"
+                f"{name}: resolver 127.0.0.1:{loopback_dns}\n{name}: userid nobody\n{name}: groupid {group}\n"
+                + extra)
+        p = tmp_path / "netperm-table"
+        p.write_text(text)
+        return str(p)
+    return write
+
+
+class Smtp:
+    """A minimal SMTP client on a socket, for tests that need byte-level
+    control (pipelining, bare LFs, oversized lines)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.sock.settimeout(30)
+        self.buf = b""
+
+    def send(self, data: bytes):
+        self.sock.sendall(data)
+
+    def reply(self):
+        """One whole reply: (code, [lines])."""
+        lines = []
+        while True:
+            while b"\r\n" not in self.buf:
+                data = self.sock.recv(65536)
+                if not data:
+                    raise ConnectionError(f"closed; got {lines!r} {self.buf!r}")
+                self.buf += data
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            lines.append(line.decode("ascii"))
+            if line[3:4] == b" ":
+                return int(line[:3]), lines
+
+    def cmd(self, line):
+        self.send(line.encode() + b"\r\n" if isinstance(line, str) else line)
+        return self.reply()
+
+    def closed(self):
+        """True when the server has closed (EOF after any buffered text)."""
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self):
+        self.sock.close()
+
+
+class InetdSmap:
+    """The installed smap started as inetd starts it: an accepted TCP
+    connection on fds 0 and 1; with -d the log goes to a pipe on fd 2."""
+
+    def __init__(self, table, argv0="smap", extra_args=(), debug=True):
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            client = socket.create_connection(listener.getsockname())
+            conn, _ = listener.accept()
+        args = [argv0, "--config", table, *(["-d"] if debug else []), *extra_args]
+        # The log goes to a file: a pipe nobody reads would block smap.
+        import tempfile
+        self.logfile = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(args, executable=command("smap"), stdin=conn, stdout=conn,
+                                     stderr=self.logfile, close_fds=True)
+        conn.close()
+        self.smtp = Smtp(client)
+
+    @property
+    def log(self):
+        """What smap logged so far."""
+        self.logfile.seek(0)
+        return self.logfile.read().decode("utf-8", "replace")
+
+    def wait(self):
+        self.smtp.close()
+        return self.proc.wait(30)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+        self.smtp.close()
+
+
+@pytest.fixture
+def smap(tmp_path):
+    started = []
+
+    def start(table, **kw):
+        s = InetdSmap(table, **kw)
+        started.append(s)
+        return s
+    yield start
+    for s in started:
+        s.kill()

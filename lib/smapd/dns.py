@@ -59,13 +59,13 @@ def parse_resolver_spec(spec: str) -> tuple:
     return addr, port
 
 
-def make_resolver(specs: Sequence[str] = (), lifetime: float = 5.0) -> dns.resolver.Resolver:
-    """A resolver for the given `ADDR[:PORT]` specs, or from
-    /etc/resolv.conf when there are none.  Build it before chroot: the
-    jail has no resolv.conf."""
+def make_resolver(specs: Sequence = (), lifetime: float = 5.0) -> dns.resolver.Resolver:
+    """A resolver for the given servers (`ADDR[:PORT]` texts or parsed
+    (addr, port) pairs), or from /etc/resolv.conf when there are none.
+    Build it before chroot: the jail has no resolv.conf."""
     if specs:
         res = dns.resolver.Resolver(configure=False)
-        pairs = [parse_resolver_spec(s) for s in specs]
+        pairs = [s if isinstance(s, tuple) else parse_resolver_spec(s) for s in specs]
         res.nameservers = [a for a, _ in pairs]
         res.nameserver_ports = {a: p for a, p in pairs}
     else:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 
 import dns.rdata
@@ -114,9 +113,17 @@ def serve_inetd(settings, prog: str, debug: bool = False, allow_root: bool = Fal
 
 
 def main(settings, prog: str, debug: bool, allow_root: bool) -> int:
+    # Under inetd, fds 1 and 2 are the client's connection: nothing may
+    # reach them but SMTP.  Output goes nowhere; a failure goes to the log.
+    if not debug:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.close(devnull)
     try:
         return serve_inetd(settings, prog, debug, allow_root)
     except KeyboardInterrupt:
         return EXIT_RUNTIME
-    finally:
-        sys.stdout.flush()
+    except Exception:
+        slog.logger.exception("internal error")
+        return EXIT_RUNTIME

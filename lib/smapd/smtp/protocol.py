@@ -59,6 +59,7 @@ class Envelope:
     sender: Optional[str] = None
     recipients: List[str] = field(default_factory=list)
     body: str = "7BIT"
+    over_maxrecip: bool = False
 
 
 @dataclass
@@ -325,9 +326,12 @@ class Protocol:
                                    f"recipient: {problem}")
         if len(self.envelope.recipients) >= self.s.maxrecip:
             # Not the client's error: the session goes on and the error
-            # budget is not charged.
+            # budget is not charged.  Logged once per message, so that
+            # 10 000 recipients do not make 10 000 log lines.
+            first = not self.envelope.over_maxrecip
+            self.envelope.over_maxrecip = True
             return Result([reply(452, "4.5.3", "Error: too many recipients")],
-                          log=[f"too many recipients (maxrecip {self.s.maxrecip})"])
+                          log=[f"too many recipients (maxrecip {self.s.maxrecip})"] if first else [])
         if self.check_recipient:
             refused = self.check_recipient(path)
             if refused:
