@@ -1,0 +1,211 @@
+"""smap under the real xinetd, with the reference deployment's stanza and
+table (../shared/reference/), changed only where a test machine must:
+
+* xinetd.d/smtp: the `server` path (smap installed as `smmap`), a `port`,
+  and `type = UNLISTED`, without which xinetd refuses any port but 25 for
+  a service /etc/services knows;
+* netperm-table: the paths (spool, certificate, password file, spam
+  database) moved under the test's directory, plus two lines for the test
+  machine: its DNS server and its syslog socket.
+
+The table is installed where smmap looks by default,
+/usr/local/etc/netperm-table (any table already there is put back
+afterwards): the stanza passes smmap no arguments.
+"""
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+
+import pytest
+
+from conftest import REFERENCE, command, free_port, make_spool, wait_for
+from test_check import make_pem
+
+DEFAULT_TABLE = "/usr/local/etc/netperm-table"
+REF_UID = REF_GID = 99
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="xinetd runs smap as root, which then drops to uid 99")
+
+
+class Syslog:
+    """A syslog socket of the test's own, as rsyslog would offer one."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setblocking(False)
+        self.lines = []
+
+    def read(self):
+        while True:
+            try:
+                self.lines.append(self.sock.recv(65536).decode("utf-8", "replace").rstrip("\x00"))
+            except BlockingIOError:
+                return self.lines
+
+    def wait(self, pattern):
+        return wait_for(lambda: [l for l in self.read() if re.search(pattern, l)], what=f"log line {pattern!r}")
+
+
+@pytest.fixture
+def deployment(tmp_path, loopback_dns):
+    root = tmp_path / "root"
+    spool = make_spool(root / "var/spool/smmap", REF_UID, REF_GID)
+    (root / "var/ssl/certs").mkdir(parents=True)
+    make_pem(root / "var/ssl/certs/mail.pem")
+    (root / "etc").mkdir()
+    (root / "etc/smtppass").write_text("user:" + hashlib.md5(b"secret").hexdigest() + "\n")
+    (root / "etc/smtppass").chmod(0o600)
+    (root / "etc/spamdb").write_text("")
+    syslog = Syslog(tmp_path / "log")
+
+    text = open(os.path.join(REFERENCE, "netperm-table")).read()
+    for path in ("/var/spool/smmap", "/var/ssl/certs/mail.pem", "/etc/smtppass", "/etc/spamdb"):
+        text = text.replace(" " + path, f" {root}{path}")
+    text += (f"\n# The test machine's DNS server and syslog socket.\n"
+             f"smmap:      resolver 127.0.0.1:{loopback_dns}\nsmmap:      log-socket {syslog.path}\n")
+    saved = None
+    if os.path.exists(DEFAULT_TABLE):
+        saved = tmp_path / "saved-netperm-table"
+        shutil.copy2(DEFAULT_TABLE, saved)
+    os.makedirs(os.path.dirname(DEFAULT_TABLE), exist_ok=True)
+    with open(DEFAULT_TABLE, "w") as f:
+        f.write(text)
+
+    smmap = root / "usr/local/etc/smmap"
+    smmap.parent.mkdir(parents=True)
+    smmap.symlink_to(command("smap"))
+    port = free_port()
+    stanza = open(os.path.join(REFERENCE, "xinetd.d", "smtp")).read()
+    assert "server         = /usr/local/etc/smmap" in stanza
+    stanza = stanza.replace("/usr/local/etc/smmap", str(smmap))
+    stanza = stanza.rstrip().rstrip("}") + f"    port           = {port}\n    type           = UNLISTED\n}}\n"
+    conf = tmp_path / "xinetd.conf"
+    conf.write_text("defaults\n{\n    instances = 50\n}\n\n" + stanza)
+    xlog = tmp_path / "xinetd.log"
+    xinetd = subprocess.Popen(["xinetd", "-dontfork", "-f", str(conf), "-pidfile", str(tmp_path / "xinetd.pid"),
+                               "-filelog", str(xlog)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for(lambda: xlog.exists() and "Started working: 1 available service" in xlog.read_text(),
+             what="xinetd to start")
+    try:
+        yield dict(port=port, spool=spool, syslog=syslog, xinetd=xinetd, stanza=stanza)
+    finally:
+        xinetd.send_signal(signal.SIGTERM)
+        xinetd.wait(10)
+        if saved:
+            shutil.copy2(saved, DEFAULT_TABLE)
+        else:
+            os.unlink(DEFAULT_TABLE)
+
+
+def spooled(spool):
+    return sorted(f for f in os.listdir(spool) if f.startswith("sma"))
+
+
+def wait_spooled(spool, n):
+    return wait_for(lambda: len(spooled(spool)) >= n and spooled(spool), what=f"{n} spool file(s)")
+
+
+def split_spool_file(path):
+    data = open(path, "rb").read()
+    head, body = data.split(b"BODY\n", 1)
+    received, rest = body.split(b"\n", 1)
+    while rest.startswith(b"\t"):
+        fold, rest = rest.split(b"\n", 1)
+        received += b"\n" + fold
+    return head, received, rest
+
+
+MESSAGE = (b"From: Alice <alice@example.org>\r\nTo: Bob <bob@localdomain.com>\r\nSubject: reference test\r\n"
+           b"\r\n8-bit body: gr\xc3\xbc\xc3\x9fe, caf\xc3\xa9\r\n" + b"L" * 998 + b"\r\n.\r\n..two dots\r\n"
+           b"last line\r\n")
+
+
+def test_python_smtplib_through_xinetd(deployment):
+    spool = deployment["spool"]
+    with smtplib.SMTP("127.0.0.1", deployment["port"], local_hostname="client.example.test", timeout=30) as s:
+        code, banner = s.ehlo()
+        assert code == 250 and b"8BITMIME" in banner
+        s.sendmail("alice@example.org", ["bob@localdomain.com", "carol@localdomain.com"], MESSAGE)
+    [name] = wait_spooled(spool, 1)
+    head, received, body = split_spool_file(spool / name)
+    assert head == b"FROM <alice@example.org>\nRCPT <bob@localdomain.com>\nRCPT <carol@localdomain.com>\n"
+    qid = name[3:]
+    assert re.match(rb"Received: from client\.example\.test \(client\.example\.test \[127\.0\.0\.1\]\)\n"
+                    rb"\tby \S+ via smap \(smapd [0-9.]+\) with ESMTP id " + qid.encode() + rb";\n\t\w{3}, ",
+                    received), received
+    # Byte-exact: the message as sent, with LF line ends (and smtplib's
+    # dot-stuffing undone).
+    assert body == MESSAGE.replace(b"\r\n", b"\n")
+    st = os.stat(spool / name)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (REF_UID, REF_GID, 0o600)
+    log = deployment["syslog"]
+    log.wait(r"^<22>smmap\[\d+\]: exiting host=client\.example\.test/127\.0\.0\.1 messages=1 bytes=%d$"
+             % len(body))
+    lines = log.read()
+    assert any(re.match(r"<22>smmap\[\d+\]: connect host=client\.example\.test/127\.0\.0\.1$", l) for l in lines)
+    assert any(re.match(r"<22>smmap\[\d+\]: host=client\.example\.test/127\.0\.0\.1 bytes=%d "
+                        r"from=<alice@example\.org> to=<bob@localdomain\.com>,<carol@localdomain\.com> id=%s$"
+                        % (len(body), qid), l) for l in lines), lines
+
+
+def test_swaks_through_xinetd(deployment, tmp_path):
+    spool = deployment["spool"]
+    msg = tmp_path / "message.eml"
+    # swaks ends the data with CRLF.CRLF itself: the file has no final line end.
+    msg.write_bytes(b"From: swaks@example.org\r\nSubject: swaks\r\n\r\nsent by swaks\r\n.\r\nend")
+    r = subprocess.run(["swaks", "--server", "127.0.0.1", "--port", str(deployment["port"]),
+                        "--helo", "client.example.test", "--from", "swaks@example.org",
+                        "--to", "dave@localdomain.com", "--data", str(msg)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"<-  250 2\.0\.0 Ok: queued as \w+", r.stdout)
+    [name] = wait_spooled(spool, 1)
+    head, received, body = split_spool_file(spool / name)
+    assert head == b"FROM <swaks@example.org>\nRCPT <dave@localdomain.com>\n"
+    assert b"\tfor <dave@localdomain.com>; " in received
+    assert body == b"From: swaks@example.org\nSubject: swaks\n\nsent by swaks\n.\nend\n"
+
+
+def proc_status(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def children(ppid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == ppid:
+                out.append(int(d))
+    return out
+
+
+def test_child_is_jailed_as_uid_99_without_groups(deployment):
+    spool = deployment["spool"]
+    s = smtplib.SMTP("127.0.0.1", deployment["port"], local_hostname="client.example.test", timeout=30)
+    try:
+        assert s.ehlo()[0] == 250  # past the greeting: the child is in its jail
+        [pid] = wait_for(lambda: children(deployment["xinetd"].pid), what="smmap under xinetd")
+        assert os.readlink(f"/proc/{pid}/root") == str(spool)
+        st = proc_status(pid)
+        assert st["Uid"].split() == [str(REF_UID)] * 4
+        assert st["Gid"].split() == [str(REF_GID)] * 4
+        assert st["Groups"].split() == [str(REF_GID)]
+        assert st["CapEff"] == "0000000000000000"
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert os.path.basename(f.read().split(b"\0")[1]) == b"smmap"
+    finally:
+        s.quit()
