@@ -1,5 +1,5 @@
 # The smapd suite.  The README's two commands:
-#   make run    install into .venv and start the demo (now: check its table)
+#   make run    install into .venv and start the demo: smap on 127.0.0.1:$(PORT)
 #   make test   install what the tests need and run them
 PYTHON  ?= python3
 VENV    := .venv
@@ -35,9 +35,15 @@ $(RUNDIR)/netperm-table: etc/demo/netperm-table.in
 
 run: venv $(RUNDIR)/netperm-table
 	$(VBIN)/smapctl check --config $(RUNDIR)/netperm-table
+	@if [ "$$(id -u)" != 0 ]; then \
+	    echo "*** WARNING: not root: smap cannot chroot or drop privileges; this demo runs it as $$(id -un)."; \
+	    echo "*** Never run smap like this in production."; fi
 	@echo
-	@echo "The demo table $(RUNDIR)/netperm-table is valid."
-	@echo "smap and smapd join this demo as they land; see README.md."
+	@echo "smap listens on 127.0.0.1:$(PORT) (one smap per connection, as inetd starts it). Send a message:"
+	@echo "    swaks --server 127.0.0.1:$(PORT) --from you@example.org --to postmaster@example.org"
+	@echo "It is spooled as $(RUNDIR)/spool/sma<id>; smap logs below. Ctrl-C stops."
+	@echo
+	$(VBIN)/python tools/minetd 127.0.0.1 $(PORT) -- $(CURDIR)/$(VBIN)/smap -d --config $(RUNDIR)/netperm-table
 
 deps:
 	sh tools/install-deps

@@ -220,7 +220,7 @@ class Smtp:
 
 class InetdSmap:
     """The installed smap started as inetd starts it: an accepted TCP
-    connection on fds 0 and 1; with -d the log goes to a pipe on fd 2."""
+    connection on fds 0, 1 and 2; with -d the log goes to a file on fd 2."""
 
     def __init__(self, table, argv0="smap", extra_args=(), debug=True):
         with socket.socket() as listener:
@@ -232,8 +232,9 @@ class InetdSmap:
         # The log goes to a file: a pipe nobody reads would block smap.
         import tempfile
         self.logfile = tempfile.TemporaryFile()
+        # Without -d, fd 2 is the connection too, as inetd leaves it.
         self.proc = subprocess.Popen(args, executable=command("smap"), stdin=conn, stdout=conn,
-                                     stderr=self.logfile, close_fds=True)
+                                     stderr=self.logfile if debug else conn, close_fds=True)
         conn.close()
         self.smtp = Smtp(client)
 

@@ -247,3 +247,13 @@ def test_fsync_or_rename_failure_answers_451(tmp_path, monkeypatch, name):
     assert reply == (451, ["451 4.3.0 Error: local error in processing, try again later"])
     assert after == (250, ["250 2.0.0 Ok"])  # the session continues
     assert os.listdir(tmp_path) == []        # no sma, no xma
+
+
+def test_table_errors_never_reach_the_client(tmp_path, smap, spool):
+    bad = tmp_path / "bad-table"
+    bad.write_text(f"smap: directory {spool}\nsmap: maxbytes lots\n")
+    proc = smap(str(bad), debug=False)
+    s = proc.smtp
+    assert s.reply() == (421, ["421 4.3.0 Service temporarily unavailable (configuration error)"])
+    assert s.closed()
+    assert proc.proc.wait(10) == 2

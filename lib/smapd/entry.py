@@ -45,17 +45,19 @@ def _not_yet(prog: str, what: str) -> int:
     return EXIT_RUNTIME
 
 
-def _fwtk_start(argv, program: str, daemon_flag: bool):
+def _fwtk_start(argv, program: str, daemon_flag: bool, refusal: bytes = b""):
     """(prog, args, settings) of smap or smapd."""
     argv = sys.argv if argv is None else argv
     prog = os.path.basename(argv[0]) or program
     args = _fwtk_parser(prog, daemon_flag).parse_args(argv[1:])
     name = invoked_name(argv[0], args.name)
-    return prog, args, load_settings(program, (name,), table_path(args.config), prog)
+    return prog, args, load_settings(program, (name,), table_path(args.config), prog, refusal)
 
 
 def smap_main(argv=None) -> int:
-    prog, args, settings = _fwtk_start(argv, SMAP, True)
+    # A client of smap under inetd hears "try later", never the errors.
+    prog, args, settings = _fwtk_start(argv, SMAP, True,
+                                       b"421 4.3.0 Service temporarily unavailable (configuration error)\r\n")
     if args.daemon:
         return _not_yet(prog, "the standalone master (smap -daemon)")
     from . import inetd

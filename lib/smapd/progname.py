@@ -16,6 +16,7 @@ this program.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 
 from . import DEFAULT_TABLE, config
@@ -33,13 +34,35 @@ def invoked_name(argv0: str, explicit=None) -> str:
     return explicit or os.path.basename(argv0) or "smap"
 
 
-def load_settings(program: str, names, path: str, prog: str):
-    """The program's settings, or exit 2 after printing every error."""
+def stderr_is_socket() -> bool:
+    """Started by inetd: fds 0, 1 and 2 are the client's connection."""
+    try:
+        return stat.S_ISSOCK(os.fstat(2).st_mode)
+    except OSError:
+        return False
+
+
+def load_settings(program: str, names, path: str, prog: str, refusal: bytes = b""):
+    """The program's settings, or exit 2 after reporting every error: on
+    stderr, or, when stderr is inetd's connection to a client, in the
+    log (with the defaults: facility mail, the usual syslog socket) and
+    with only `refusal` (a protocol's own "try later") sent to the client."""
     try:
         table = Table.read(path)
         loaded = config.load_or_die(table, program, names)
     except ConfigError as e:
-        for d in e.diagnostics:
-            print(f"{prog}: {d}", file=sys.stderr)
+        if stderr_is_socket():
+            from . import log
+            logger = log.setup(prog)
+            for d in e.diagnostics:
+                logger.error("%s", str(d))
+            if refusal:
+                try:
+                    os.write(1, refusal)
+                except OSError:
+                    pass
+        else:
+            for d in e.diagnostics:
+                print(f"{prog}: {d}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     return loaded.settings
