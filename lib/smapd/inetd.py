@@ -28,7 +28,7 @@ from . import dns as sdns
 from . import log as slog
 from .netperm import check_hosts
 from .privsep import EXIT_BOOT, PrivsepError, enter_jail, resolve_ids
-from .progname import EXIT_OK, EXIT_RUNTIME
+from .progname import EXIT_OK, EXIT_RUNTIME, stderr_is_socket
 from .smtp.protocol import Protocol, Settings as ProtocolSettings
 from .smtp.session import Limits, Session
 
@@ -115,7 +115,7 @@ def serve_inetd(settings, prog: str, debug: bool = False, allow_root: bool = Fal
 def main(settings, prog: str, debug: bool, allow_root: bool) -> int:
     # Under inetd, fds 1 and 2 are the client's connection: nothing may
     # reach them but SMTP.  Output goes nowhere; a failure goes to the log.
-    if not debug:
+    if not debug and stderr_is_socket():
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
