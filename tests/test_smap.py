@@ -101,6 +101,19 @@ def test_normalize_mode_accepts_bare_lf_in_data(smap_table, spool, smap):
     assert open(os.path.join(spool, f), "rb").read().endswith(b"Subject: lf\n\nline one\nline two\n")
 
 
+def test_greet_delay_refuses_early_talkers(smap_table, spool, smap):
+    table = smap_table(spool, "smap: greet-delay 2\n")
+    hasty = smap(table)
+    # smap has logged the connection: it is now in its greet-delay.
+    wait_for(lambda: "connect host=" in hasty.log, what="smap to start")
+    hasty.smtp.send(b"EHLO hasty.example\r\n")
+    assert hasty.smtp.reply() == (554, ["554 5.5.0 Protocol error: talking before the greeting"])
+    wait_for(lambda: "early talker" in hasty.log, what="the refusal in the log")
+    patient = smap(table).smtp
+    assert patient.reply() == (220, ["220 test.example SMTP/smap Ready."])
+    assert patient.cmd("QUIT")[0] == 221
+
+
 # ----------------------------------------------------------- hostile input
 
 def test_control_characters_and_dashes(smap_table, spool, smap):

@@ -22,7 +22,7 @@ import sys
 
 from . import __version__
 from .config import SMAP, SMAPD, SSLGW
-from .progname import EXIT_RUNTIME, invoked_name, load_settings, table_path
+from .progname import EXIT_CONFIG, EXIT_RUNTIME, invoked_name, load_settings, silence_inetd_output, table_path
 
 
 def _fwtk_parser(prog: str, daemon_flag: bool) -> argparse.ArgumentParser:
@@ -45,13 +45,25 @@ def _not_yet(prog: str, what: str) -> int:
     return EXIT_RUNTIME
 
 
-def _fwtk_start(argv, program: str, daemon_flag: bool, refusal: bytes = b""):
-    """(prog, args, settings) of smap or smapd."""
+def _fwtk_start(argv, program: str, daemon_flag: bool, refusal: bytes = None):
+    """(prog, args, settings) of smap or smapd.  `refusal`: what smap
+    tells a client under inetd when its table cannot be used."""
     argv = sys.argv if argv is None else argv
     prog = os.path.basename(argv[0]) or program
-    args = _fwtk_parser(prog, daemon_flag).parse_args(argv[1:])
+    parser = _fwtk_parser(prog, daemon_flag)
+    inetd = (refusal is not None and "-d" not in argv[1:] and "--debug" not in argv[1:]
+             and silence_inetd_output(prog))
+    if inetd:
+        # Under inetd a usage error can only be logged.
+        def error(message):
+            from . import log
+            log.setup(prog).error("bad arguments %s: %s", " ".join(argv[1:]), message)
+            sys.exit(EXIT_CONFIG)
+        parser.error = error
+    args = parser.parse_args(argv[1:])
     name = invoked_name(argv[0], args.name)
-    return prog, args, load_settings(program, (name,), table_path(args.config), prog, refusal)
+    return prog, args, load_settings(program, (name,), table_path(args.config), prog,
+                                     refusal if inetd else None)
 
 
 def smap_main(argv=None) -> int:

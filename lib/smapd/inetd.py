@@ -28,9 +28,9 @@ from . import dns as sdns
 from . import log as slog
 from .netperm import check_hosts
 from .privsep import EXIT_BOOT, PrivsepError, enter_jail, resolve_ids
-from .progname import EXIT_OK, EXIT_RUNTIME, stderr_is_socket
+from .progname import EXIT_OK, EXIT_RUNTIME
 from .smtp.protocol import Protocol, Settings as ProtocolSettings
-from .smtp.session import Limits, Session
+from .smtp.session import Limits, Session, lingering_close
 
 #: Seconds the client's name may take to look up.
 LOOKUP_LIFETIME = 10.0
@@ -70,19 +70,20 @@ def serve_inetd(settings, prog: str, debug: bool = False, allow_root: bool = Fal
     resolver = sdns.make_resolver(settings["resolver"], lifetime=LOOKUP_LIFETIME)
     name = sdns.confirmed_name(addr, resolver) or "unknown"
     proto = Protocol(protocol_settings(settings), name, addr)
-    who = f"host={name}/{addr}"
 
     def refuse(result):
         for why in result.log:
-            logger.info("%s refused: %s", who, why)
+            logger.info("host=%s/%s refused: %s", name, addr, why)
         try:
+            sock.settimeout(10)
             sock.sendall(b"".join(r.render() for r in result.replies))
         except OSError:
             pass
+        lingering_close(sock)
 
     permitted, rule = check_hosts(settings["hosts"], addr, None if name == "unknown" else name)
     if not permitted:
-        refuse(proto.refuse_client(f"deny {who} use of gateway ({rule.where if rule else 'no hosts rule matches'})"))
+        refuse(proto.refuse_client(f"deny use of gateway ({rule.where if rule else 'no hosts rule matches'})"))
         return EXIT_OK
 
     prepare_for_jail()
@@ -92,7 +93,7 @@ def serve_inetd(settings, prog: str, debug: bool = False, allow_root: bool = Fal
             uid, gid = resolve_ids(settings["userid"], settings["groupid"])
             enter_jail(directory, uid, gid, allow_root)
         except PrivsepError as e:
-            logger.error("cannot serve %s: %s", who, e)
+            logger.error("cannot serve host=%s/%s: %s", name, addr, e)
             refuse(proto.unavailable(str(e)))
             return EXIT_BOOT
         spool_dir = "/"
@@ -113,13 +114,8 @@ def serve_inetd(settings, prog: str, debug: bool = False, allow_root: bool = Fal
 
 
 def main(settings, prog: str, debug: bool, allow_root: bool) -> int:
-    # Under inetd, fds 1 and 2 are the client's connection: nothing may
-    # reach them but SMTP.  Output goes nowhere; a failure goes to the log.
-    if not debug and stderr_is_socket():
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        os.close(devnull)
+    # fds 1 and 2 were silenced at start-up under inetd (entry.py); a
+    # failure goes to the log.
     try:
         return serve_inetd(settings, prog, debug, allow_root)
     except KeyboardInterrupt:

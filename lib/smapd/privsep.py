@@ -69,9 +69,9 @@ def enter_jail(directory, uid: int, gid: int, allow_root: bool = False) -> None:
 def verify(uid: int, gid: int) -> None:
     """The process is uid/gid with only gid as its group, and cannot get
     root back."""
-    got = (os.getuid(), os.geteuid(), os.getgid(), os.getegid())
-    if got != (uid, uid, gid, gid):
-        raise PrivsepError(f"ids are {got}, expected ({uid}, {uid}, {gid}, {gid})")
+    got = os.getresuid() + os.getresgid()  # real, effective and saved
+    if got != (uid, uid, uid, gid, gid, gid):
+        raise PrivsepError(f"ids are {got}, expected {(uid,) * 3 + (gid,) * 3}")
     if set(os.getgroups()) - {gid}:
         raise PrivsepError(f"supplementary groups {os.getgroups()} kept")
     if uid != 0:

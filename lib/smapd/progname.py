@@ -42,23 +42,37 @@ def stderr_is_socket() -> bool:
         return False
 
 
-def load_settings(program: str, names, path: str, prog: str, refusal: bytes = b""):
+def silence_inetd_output(prog: str) -> bool:
+    """Under inetd, fds 1 and 2 are the client's connection: nothing but
+    the protocol may reach it, not a usage message, not a traceback.
+    Point them at /dev/null (fd 0 still holds the connection) and report
+    whether we are under inetd; an argument error is then logged."""
+    if not stderr_is_socket():
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    return True
+
+
+def load_settings(program: str, names, path: str, prog: str, inetd_refusal: bytes = None):
     """The program's settings, or exit 2 after reporting every error: on
-    stderr, or, when stderr is inetd's connection to a client, in the
-    log (with the defaults: facility mail, the usual syslog socket) and
-    with only `refusal` (a protocol's own "try later") sent to the client."""
+    stderr, or under inetd (`inetd_refusal` given) in the log (with the
+    defaults: facility mail, the usual syslog socket), the client getting
+    only `inetd_refusal` (a protocol's own "try later") on fd 0."""
     try:
         table = Table.read(path)
         loaded = config.load_or_die(table, program, names)
     except ConfigError as e:
-        if stderr_is_socket():
+        if inetd_refusal is not None:
             from . import log
             logger = log.setup(prog)
             for d in e.diagnostics:
                 logger.error("%s", str(d))
-            if refusal:
+            if inetd_refusal:
                 try:
-                    os.write(1, refusal)
+                    os.write(0, inetd_refusal)  # fd 0 is the connection; 1 and 2 are silenced
                 except OSError:
                     pass
         else:

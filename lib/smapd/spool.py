@@ -117,7 +117,12 @@ class SpoolWriter:
                 pass
             self.abort()
             raise
-        self.file.close()  # closing drops the lock
+        # The message is durable and visible: from here on nothing may turn
+        # the answer into a 451, or the client would send it again.
+        try:
+            self.file.close()  # closing drops the lock
+        except OSError:
+            pass
         poke_trigger(self.directory)
         return self.queue_id
 

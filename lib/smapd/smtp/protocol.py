@@ -284,9 +284,13 @@ class Protocol:
             m = _PARAM_RE.match(p)
             key = m.group(1).upper() if m else ""
             value = m.group(2) if m else None
-            if key == "SIZE" and value is not None and value.isdigit() and len(value) < 20:
+            if key == "SIZE":
+                if value is None or not value.isdigit() or len(value) > 19:
+                    return self._error(reply(501, "5.5.4", "Error: bad SIZE value"), "bad SIZE value")
                 size = int(value)
-            elif key == "BODY" and value is not None and value.upper() in ("7BIT", "8BITMIME"):
+            elif key == "BODY":
+                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                    return self._error(reply(501, "5.5.4", "Error: bad BODY value"), "bad BODY value")
                 body = value.upper()
             else:
                 return self._error(reply(555, "5.5.4", "Error: unsupported MAIL parameter"),
@@ -376,7 +380,7 @@ class Protocol:
 
     @staticmethod
     def _address_problem(path: str) -> Optional[str]:
-        if len(path) > MAX_PATH:
+        if len(path) + 2 > MAX_PATH:  # the limit counts the angle brackets
             return "too long"
         if path.startswith("-"):
             return "an address may not start with '-'"

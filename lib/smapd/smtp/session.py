@@ -32,9 +32,20 @@ from .protocol import MAX_COMMAND, Protocol, Result
 CHUNK = 65536          # how much of one message line is held before it is written
 RATE_GRACE = 30.0      # seconds of DATA before the minimum rate is enforced
 LINGER = 2.0           # seconds to read what a client still sends after our last reply
+FINAL_SEND = 5.0       # seconds the last reply of a timed-out session may take to send
 LINGER_BYTES = 1 << 20
 
 log = logging.getLogger("smapd")
+
+
+def _readable(sock, seconds: float) -> bool:
+    """poll(2), which has no descriptor limit, unlike select(2)."""
+    p = select.poll()
+    p.register(sock, select.POLLIN | select.POLLPRI)
+    try:
+        return bool(p.poll(max(0, int(seconds * 1000))))
+    except (OSError, ValueError):
+        return False
 
 
 class Closed(Exception):
@@ -103,17 +114,32 @@ class Framer:
             if elapsed > RATE_GRACE and (self.received - b0) / elapsed < self.limits.min_rate:
                 raise TimedOut("data rate too low")
 
+    def send(self, data: bytes, final: bool = False) -> None:
+        """Send within the idle time-out and the session deadline; a
+        final reply (the 421 that ends a session) gets FINAL_SEND seconds
+        whatever the deadline says."""
+        if final:
+            self.sock.settimeout(FINAL_SEND)
+        else:
+            left = self.deadline - self.clock()
+            if left <= 0:
+                raise TimedOut("session time limit exceeded")
+            self.sock.settimeout(min(self.limits.idle, left))
+        try:
+            self.sock.sendall(data)
+        except socket.timeout:
+            raise TimedOut("timeout exceeded" if self.clock() < self.deadline
+                           else "session time limit exceeded") from None
+        except OSError:
+            raise Closed() from None
+
     def pending(self) -> bool:
         """Is client input already waiting (buffered, or on the socket)?"""
         if self.buf:
             return True
         if self.eof:
             return False
-        try:
-            r, _, _ = select.select([self.sock], [], [], 0)
-        except (OSError, ValueError):
-            return False
-        if not r:
+        if not _readable(self.sock, 0):
             return False
         # Readable may also mean EOF: only real bytes count.
         try:
@@ -131,8 +157,7 @@ class Framer:
             left = end - self.clock()
             if left <= 0:
                 return True
-            r, _, _ = select.select([self.sock], [], [], left)
-            if r:
+            if _readable(self.sock, left):
                 return not self.pending() and not self.eof_now()
 
     def eof_now(self) -> bool:
@@ -156,6 +181,8 @@ class Framer:
     def read_command(self):
         """(line, too_long, bad_eol): one command line without its end.
         A line over the limit is consumed to its end, never split."""
+        if self.clock() >= self.deadline:
+            raise TimedOut("session time limit exceeded")
         too_long = False
         while True:
             i, n = self._find_end()
@@ -233,24 +260,24 @@ class Session:
         self.greet_delay = greet_delay
         self.messages = 0
         self.bytes = 0
-        self.who = f"host={self.client_name}/{self.client_addr}"
 
-    def _send(self, result: Result) -> bool:
+    def _send(self, result: Result, final: bool = False) -> bool:
         """Carry out the replies of a result; False when the session ends."""
         refused = bool(result.replies) and result.replies[-1].code >= 400
         for why in result.log:
-            log.info("%s %s: %s", self.who, "refused" if refused else "note", why)
+            log.info("host=%s/%s %s: %s", self.client_name, self.client_addr,
+                     "refused" if refused else "note", why)
         if result.delay:
             time.sleep(result.delay)
         if result.replies:
             try:
-                self.sock.sendall(b"".join(r.render() for r in result.replies))
-            except OSError:
+                self.framer.send(b"".join(r.render() for r in result.replies), final or result.closes)
+            except Closed:
                 return False
         return not result.closes
 
     def serve(self) -> None:
-        log.info("connect %s", self.who)
+        log.info("connect host=%s/%s", self.client_name, self.client_addr)
         try:
             if self.greet_delay and not self.framer.wait_quiet(self.greet_delay):
                 self._send(self.proto.early_talker())
@@ -270,36 +297,16 @@ class Session:
                 if not self._send(result):
                     return
         except TimedOut as e:
-            self._send(self.proto.timeout(str(e)))
+            try:
+                self._send(self.proto.timeout(str(e)), final=True)
+            except TimedOut:
+                pass
         except Closed:
-            log.info("%s lost connection", self.who)
+            log.info("host=%s/%s lost connection", self.client_name, self.client_addr)
         finally:
-            log.info("exiting %s messages=%d bytes=%d", self.who, self.messages, self.bytes)
-            self._lingering_close()
-
-    def _lingering_close(self) -> None:
-        """Send FIN after the last reply, then read what the client still
-        had in flight, briefly: closing with unread input would send a
-        reset that can destroy the reply before the client reads it.
-        Other descriptors may hold the connection (inetd's 0, 1 and 2),
-        so the shutdown, not the close, ends it."""
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-            self.sock.settimeout(LINGER)
-            end = time.monotonic() + LINGER
-            drained = 0
-            while time.monotonic() < end and drained < LINGER_BYTES:
-                data = self.sock.recv(CHUNK)
-                if not data:
-                    break
-                drained += len(data)
-        except OSError:
-            pass
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+            log.info("exiting host=%s/%s messages=%d bytes=%d", self.client_name, self.client_addr,
+                     self.messages, self.bytes)
+            lingering_close(self.sock)
 
     def _message(self) -> bool:
         env = self.proto.envelope
@@ -338,9 +345,38 @@ class Session:
             committed = True
             self.messages += 1
             self.bytes += info.size
-            log.info("%s bytes=%d from=<%s> to=%s id=%s", self.who, info.size, env.sender,
-                     ",".join(f"<{r}>" for r in recipients), queue_id)
+            # Name, address and each recipient in their own argument: the
+            # length cap of peer text then never hides the address.
+            log.info("host=%s/%s bytes=%d from=<%s> to=<%s> nrcpt=%d id=%s", self.client_name,
+                     self.client_addr, info.size, env.sender, recipients[0], len(recipients), queue_id)
+            for r in recipients[1:]:
+                log.info("id=%s to=<%s>", queue_id, r)
             return self._send(self.proto.spooled(queue_id))
         finally:
             if not committed:
                 writer.abort()
+
+
+def lingering_close(sock) -> None:
+    """Send FIN after the last reply, then read what the client still had
+    in flight, briefly: closing with unread input would send a reset that
+    can destroy the reply before the client reads it.  Other descriptors
+    may hold the connection (inetd's 0, 1 and 2), so the shutdown, not
+    the close, ends it."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(LINGER)
+        end = time.monotonic() + LINGER
+        drained = 0
+        while time.monotonic() < end and drained < LINGER_BYTES:
+            data = sock.recv(CHUNK)
+            if not data:
+                break
+            drained += len(data)
+    except OSError:
+        pass
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
