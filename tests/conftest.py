@@ -266,3 +266,15 @@ def smap(tmp_path):
     yield start
     for s in started:
         s.kill()
+
+
+@pytest.fixture
+def public_tmp():
+    """A directory every user can traverse (tmp_path's parents are root's
+    only): for what a program reads or runs after dropping to nobody."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="smapd-test-", dir="/tmp")
+    os.chmod(d, 0o755)
+    from pathlib import Path
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)

@@ -31,9 +31,7 @@ def _fwtk_parser(prog: str, daemon_flag: bool) -> argparse.ArgumentParser:
         p.add_argument("-daemon", action="store_true", help="run the standalone prefork master")
         p.add_argument("-f", "--foreground", action="store_true", help="with -daemon: do not detach")
     p.add_argument("-d", "--debug", action="store_true", help="stay in the foreground and log to stderr")
-    if daemon_flag:
-        p.add_argument("--allow-root", action="store_true",
-                       help="let userid or groupid be 0 (refused otherwise)")
+    p.add_argument("--allow-root", action="store_true", help="let userid or groupid be 0 (refused otherwise)")
     p.add_argument("--config", metavar="FILE", help="the netperm-table")
     p.add_argument("-V", "--version", action="version", version=f"{prog} (smapd suite) {__version__}")
     p.add_argument("name", nargs="?", help="read the table's lines for NAME instead of the program's name")
@@ -78,7 +76,10 @@ def smap_main(argv=None) -> int:
 
 def smapd_main(argv=None) -> int:
     prog, args, settings = _fwtk_start(argv, SMAPD, False)
-    return _not_yet(prog, "the spool runner")
+    argv = sys.argv if argv is None else argv
+    name = invoked_name(argv[0], args.name)
+    from . import smapd_daemon
+    return smapd_daemon.main(settings, prog, name, table_path(args.config), args.debug, args.allow_root)
 
 
 #: stunnel 3.x letters; a colon marks a letter that takes an argument.

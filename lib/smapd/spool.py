@@ -48,9 +48,23 @@ def _base36(n: int) -> str:
             return out
 
 
+#: Base-36 digits of the microsecond time at the head of every queue id.
+ID_TIME_DIGITS = 11
+
+
 def new_queue_id() -> str:
-    """Unique without coordination: microseconds, process id, counter."""
-    return f"{_base36(time.time_ns() // 1000)}{_base36(os.getpid())}P{_base36(next(_counter))}"
+    """Unique without coordination: microseconds (fixed width, so that the
+    birth of a message can be read back), process id, counter."""
+    stamp = _base36(time.time_ns() // 1000).rjust(ID_TIME_DIGITS, "0")
+    return f"{stamp}{_base36(os.getpid())}P{_base36(next(_counter))}"
+
+
+def queue_id_time(queue_id: str):
+    """When the message with this id was received (seconds), or None."""
+    try:
+        return int(queue_id[:ID_TIME_DIGITS], 36) / 1e6
+    except ValueError:
+        return None
 
 
 def received_header(helo: str, client_name: str, client_addr: str, hostname: str, protocol: str,

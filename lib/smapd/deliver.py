@@ -1,0 +1,268 @@
+"""smapd's hand-off of one spool file to the real MTA.
+
+What it does: `deliver(name, ctx)` claims `sma<id>` with a non-blocking
+fcntl lock (a locked file belongs to another smapd and is skipped),
+checks it is still the file it opened and that it is due, reads its
+envelope, re-checks every address, and runs
+
+    [sendmail..., "-oi", "-f", SENDER, "--", RCPT...]
+
+with no shell and the message on stdin, at most BATCH recipients at a
+time.  The exit status decides (DESIGN.md section 6):
+
+    0                        handed off: SENT lines are written for the
+                             batch when more batches remain; the file is
+                             unlinked, then unlocked, when none remains
+    67 EX_NOUSER             done: the MTA has bounced it
+    69 71 72 74 75 77        (EX_UNAVAILABLE, EX_OSERR, EX_OSFILE,
+    a signal, the time-out   EX_IOERR, EX_TEMPFAIL, EX_NOPERM) temporary:
+                             retried later, the next attempt being the
+                             file's mtime
+    anything else, a corrupt file, a refused address
+                             moved to baddir with a log line saying why
+
+What it trusts: the MTA's exit status; nothing in the spool file, which
+may be corrupt or planted (queue.read_envelope says what is wrong).
+
+What it must never do: let an address become an option or a shell word,
+deliver a file it does not hold the lock on, delete a file that was not
+handed off without moving it to baddir and logging why, or hand a
+recipient off twice when its SENT line could be written first.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+
+from . import queue
+from .spool import TEMP_PREFIX, _fsync_dir, queue_id_time
+
+log = logging.getLogger("smapd")
+
+#: Recipients per sendmail run; SENT lines record each finished batch.
+BATCH = 100
+#: The shortest wait before a retry.
+MIN_RETRY = 60
+#: sysexits(3) values that mean "try again later".
+TEMPORARY = {69, 71, 72, 74, 75, 77}
+EX_NOUSER = 67
+#: The extended attribute that keeps a file's last error for smapctl queue.
+ERROR_XATTR = "user.smapd.error"
+
+
+@dataclass
+class Context:
+    sendmail: tuple            # the command and its fixed arguments
+    baddir: str
+    retry_max: int = 3600
+    timeout: float = 600
+    directory: str = "."       # the spool (smapd's working directory)
+
+
+def address_problem(addr: str, sender: bool = False):
+    """Why an address from a spool file may not reach the MTA's argv."""
+    if not addr:
+        return None if sender else "empty address"
+    if addr[0] in "-|/":
+        return f"address {addr!r} starts with {addr[0]!r}"
+    if any(ord(c) < 33 or ord(c) == 127 for c in addr):
+        return f"address {addr!r} holds blanks or control characters"
+    return None
+
+
+def set_error(fd, text: str) -> None:
+    try:
+        os.setxattr(fd, ERROR_XATTR, text.encode("utf-8", "replace")[:1000])
+    except OSError:
+        pass  # a file system without user xattrs: the log has it anyway
+
+
+def get_error(path: str) -> str:
+    try:
+        return os.getxattr(path, ERROR_XATTR).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def next_delay(queue_id: str, st, now: float, retry_max: int) -> float:
+    """Exponential back-off kept without any state but the file: wait as
+    long as the message is old (so the waits double), at least MIN_RETRY,
+    at most retry_max."""
+    birth = queue_id_time(queue_id)
+    if birth is None or birth > now:
+        birth = st.st_ctime
+    return float(min(retry_max, max(MIN_RETRY, now - birth)))
+
+
+class Claim:
+    """A locked spool file and what is known of it."""
+
+    def __init__(self, name: str, fd: int):
+        self.name, self.fd = name, fd
+        self.id = name[len(queue.READY_PREFIX):]
+
+    def close(self):
+        os.close(self.fd)  # drops the lock
+
+
+def claim(name: str):
+    """Lock `name` or return None (gone, locked by another smapd, replaced
+    since we opened it)."""
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    try:
+        same = os.stat(name, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        same = False
+    if not same:  # delivered (or rewritten) by another smapd meanwhile
+        os.close(fd)
+        return None
+    return Claim(name, fd)
+
+
+def move_to_bad(c: Claim, ctx: Context, why: str) -> None:
+    set_error(c.fd, why)
+    target = os.path.join(ctx.baddir, c.name)
+    try:
+        os.rename(c.name, target)
+        _fsync_dir(ctx.baddir)
+        _fsync_dir(ctx.directory)
+    except OSError as e:
+        log.error("id=%s cannot move to %s: %s; kept in the spool (%s)", c.id, ctx.baddir, e.strerror, why)
+        reschedule(c, ctx, f"{why}; and moving it to {ctx.baddir} failed: {e.strerror}")
+        return
+    log.warning("id=%s moved to %s: %s", c.id, target, why)
+
+
+def reschedule(c: Claim, ctx: Context, why: str) -> None:
+    now = time.time()
+    st = os.fstat(c.fd)
+    delay = next_delay(c.id, st, now, ctx.retry_max)
+    set_error(c.fd, why)
+    os.utime(c.fd, (now, now + delay))
+    log.info("id=%s deferred: %s; next attempt in %ds", c.id, why, delay)
+
+
+def run_sendmail(ctx: Context, sender: str, rcpts, fd: int, offset: int):
+    """(status, reason): status 0 or a sysexits value, or None for a
+    signal or the time-out (both temporary).  The MTA reads the message
+    from `fd` (the claim's descriptor) from `offset` on."""
+    argv = [*ctx.sendmail, "-oi", "-f", sender, "--", *rcpts]
+    os.lseek(fd, offset, os.SEEK_SET)
+    try:
+        proc = subprocess.Popen(argv, stdin=fd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True, close_fds=True)
+    except OSError as e:
+        return None, f"cannot run {ctx.sendmail[0]}: {e.strerror}"
+    try:
+        _, err = proc.communicate(timeout=ctx.timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.communicate()
+        return None, f"{ctx.sendmail[0]} timed out after {ctx.timeout:g}s and was killed"
+    text = err.decode("utf-8", "replace").strip().splitlines()
+    said = f": {text[-1][:200]}" if text else ""
+    if proc.returncode < 0:
+        return None, f"{ctx.sendmail[0]} killed by signal {-proc.returncode}{said}"
+    return proc.returncode, f"{ctx.sendmail[0]} exited {proc.returncode}{said}"
+
+
+def write_sent(c: Claim, env: queue.Envelope, ctx: Context) -> Claim:
+    """Record SENT lines: a new file with the envelope rewritten, locked
+    before it replaces the old one, so that the claim never lapses."""
+    tmp = f"{TEMP_PREFIX}{c.id}.sent"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        head = [f"FROM <{env.sender}>\n"] + [f"RCPT <{r}>\n" for r in env.recipients] \
+            + [f"SENT <{r}>\n" for r in env.sent] + ["BODY\n"]
+        os.write(fd, "".join(head).encode("utf-8", "surrogateescape"))
+        os.lseek(c.fd, env.body_offset, os.SEEK_SET)
+        while True:
+            chunk = os.read(c.fd, 1 << 16)
+            if not chunk:
+                break
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+        os.fsync(fd)
+        os.rename(tmp, c.name)
+        _fsync_dir(ctx.directory)
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    c.close()
+    return Claim(c.name, fd)
+
+
+def deliver(name: str, ctx: Context) -> str:
+    """Hand one spool file off; returns what happened (for the caller's
+    title and tests): locked, notdue, delivered, deferred, bad."""
+    c = claim(name)
+    if c is None:
+        return "locked"
+    try:
+        st = os.fstat(c.fd)
+        if st.st_mtime > time.time() + 1:
+            return "notdue"  # rescheduled by another smapd meanwhile
+        # Never close another descriptor of a locked file: closing any of
+        # them drops the process's fcntl lock (POSIX).  Hence closefd=False
+        # here, and the claim's own descriptor as the MTA's stdin below.
+        with open(c.fd, "rb", closefd=False) as f:
+            try:
+                env = queue.read_envelope(f)
+            except queue.Corrupt as e:
+                move_to_bad(c, ctx, f"corrupt spool file: {e}")
+                return "bad"
+        for addr, is_sender in [(env.sender, True)] + [(r, False) for r in env.recipients]:
+            problem = address_problem(addr, is_sender)
+            if problem:
+                move_to_bad(c, ctx, f"refused: {problem}")
+                return "bad"
+        pending = env.pending
+        while pending:
+            batch, pending = pending[:BATCH], pending[BATCH:]
+            status, why = run_sendmail(ctx, env.sender, batch, c.fd, env.body_offset)
+            if status in (0, EX_NOUSER):
+                outcome = "sent" if status == 0 else f"bounced by the MTA ({why})"
+                log.info("id=%s from=<%s> nrcpt=%d %s", c.id, env.sender, len(batch), outcome)
+                if pending:
+                    env.sent.extend(batch)
+                    c = write_sent(c, env, ctx)
+                continue
+            if status is None or status in TEMPORARY:
+                if env.sent:
+                    log.info("id=%s %d of %d recipients handed off before the failure", c.id,
+                             len(env.sent), len(env.recipients))
+                reschedule(c, ctx, why)
+                return "deferred"
+            move_to_bad(c, ctx, f"refused by the MTA: {why}")
+            return "bad"
+        os.unlink(c.name)      # unlink, then unlock (close)
+        _fsync_dir(ctx.directory)
+        return "delivered"
+    finally:
+        c.close()

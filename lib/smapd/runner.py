@@ -1,0 +1,219 @@
+"""smapd: the spool runner daemon.
+
+What it does: becomes `userid`/`groupid` (no chroot: it runs the MTA),
+works in the spool, and loops: reap delivery children; scan the `sma*`
+files; fork a child for each due file not already being delivered, up to
+`maxchildren` (each child claims its file with an fcntl lock, see
+deliver.py, so two smapd on one spool deliver each message once); remove
+`xma*` files older than a day (with a log line); then sleep until the
+`.trigger` FIFO is written (smap pokes it after each commit), a child
+ends, a signal comes, or `wakeup` seconds pass.
+
+Signals (handlers only write the self-pipe): HUP re-reads the table (a
+broken one is logged and the old settings kept), TERM and INT stop
+scanning and let running deliveries finish, CHLD wakes the loop.
+
+What it trusts: its table and the MTA's exit statuses.
+
+What it must never do: run as root (it refuses unless forced), deliver
+from anywhere but its spool, or exit with a delivery half-done: the
+children finish before smapd does.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import time
+
+from . import config, deliver, queue
+from .netperm import ConfigError, Table
+from .spool import TEMP_PREFIX, TRIGGER
+
+log = logging.getLogger("smapd")
+
+STALE_TEMP = 86400
+
+
+def _title(text: str) -> None:
+    try:
+        import setproctitle
+        setproctitle.setproctitle(text)
+    except ImportError:
+        pass
+
+
+def context(settings) -> deliver.Context:
+    return deliver.Context(sendmail=settings["sendmail"], baddir=settings["baddir"],
+                           retry_max=settings["retry-max"], timeout=settings["sendmail-timeout"],
+                           directory=".")
+
+
+class Runner:
+    def __init__(self, settings, reload=None, prog="smapd"):
+        self.settings = settings
+        self.reload_settings = reload   # callable giving new settings, or raising ConfigError
+        self.prog = prog
+        self.children = {}              # pid -> spool file name
+        self.stopping = False
+        self.want_reload = False
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.fifo = None
+        self._fifo_keep = None
+
+    # ------------------------------------------------------------ setup
+
+    def open_trigger(self) -> None:
+        """The FIFO smap writes to; held open for writing too, so that a
+        read never sees end-of-file between two writers."""
+        try:
+            os.mkfifo(TRIGGER, 0o622)
+        except FileExistsError:
+            pass
+        try:
+            os.chmod(TRIGGER, 0o622)  # smap may run under another uid than ours
+        except OSError:
+            pass
+        self.fifo = os.open(TRIGGER, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._fifo_keep = os.open(TRIGGER, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def install_signals(self) -> None:
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGCHLD, lambda *a: None)
+
+    def _on_hup(self, *a):
+        self.want_reload = True
+
+    def _on_term(self, *a):
+        self.stopping = True
+
+    # ------------------------------------------------------------- loop
+
+    def run(self) -> int:
+        self.open_trigger()
+        self.install_signals()
+        log.info("started: spool %s, sendmail %s, wakeup %ds, maxchildren %d", os.getcwd(),
+                 " ".join(self.settings["sendmail"]), self.settings["wakeup"], self.settings["maxchildren"])
+        while True:
+            self.reap()
+            if self.want_reload:
+                self.want_reload = False
+                self.reload()
+            if self.stopping:
+                if not self.children:
+                    log.info("stopped")
+                    return 0
+                _title(f"{self.prog}: stopping, {len(self.children)} deliveries running")
+            else:
+                next_due = self.scan()
+                self.remove_stale_temps()
+                _title(f"{self.prog}: {len(self.children)} deliveries running")
+            self.sleep(self.settings["wakeup"] if self.stopping else next_due)
+
+    def scan(self) -> float:
+        """Start children for due files; returns seconds until the next
+        known due time (at most `wakeup`)."""
+        now = time.time()
+        wait = float(self.settings["wakeup"])
+        busy = set(self.children.values())
+        for name in queue.list_spool("."):
+            if name in busy:
+                continue
+            try:
+                due = os.stat(name).st_mtime
+            except FileNotFoundError:
+                continue
+            if due > now:
+                wait = min(wait, due - now)
+                continue
+            if len(self.children) >= self.settings["maxchildren"]:
+                return 0.5  # look again soon: a child will end
+            self.spawn(name)
+        return max(wait, 0.05)
+
+    def spawn(self, name: str) -> None:
+        ctx = context(self.settings)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                signal.set_wakeup_fd(-1)
+                for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                    signal.signal(s, signal.SIG_DFL)
+                os.close(self.wake_r)
+                os.close(self.wake_w)
+                _title(f"{self.prog}: delivering {name[len(queue.READY_PREFIX):]}")
+                deliver.deliver(name, ctx)
+            except BaseException:
+                log.exception("delivery of %s failed", name)
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = name
+
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            name = self.children.pop(pid, None)
+            if name and os.waitstatus_to_exitcode(status) != 0:
+                log.error("delivery child %d for %s ended with status %d", pid, name,
+                          os.waitstatus_to_exitcode(status))
+
+    def remove_stale_temps(self) -> None:
+        now = time.time()
+        try:
+            names = [n for n in os.listdir(".") if n.startswith(TEMP_PREFIX)]
+        except OSError:
+            return
+        for n in names:
+            try:
+                if now - os.stat(n).st_mtime > STALE_TEMP:
+                    os.unlink(n)
+                    log.warning("removed %s: an unfinished spool file older than a day (never acknowledged)", n)
+            except OSError:
+                pass
+
+    def sleep(self, seconds: float) -> None:
+        p = select.poll()
+        p.register(self.fifo, select.POLLIN)
+        p.register(self.wake_r, select.POLLIN)
+        try:
+            p.poll(max(0, int(seconds * 1000)))
+        except InterruptedError:
+            pass
+        for fd in (self.fifo, self.wake_r):
+            try:
+                while os.read(fd, 4096):
+                    pass
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    raise
+
+    def reload(self) -> None:
+        if not self.reload_settings:
+            return
+        try:
+            self.settings = self.reload_settings()
+        except ConfigError as e:
+            for d in e.diagnostics:
+                log.error("reload refused, the old settings stay: %s", str(d))
+            return
+        log.info("reloaded the table")
+
+
+def load(path: str, name: str):
+    """The settings of smapd under `name`, or ConfigError."""
+    return config.load_or_die(Table.read(path), config.SMAPD, (name,)).settings
