@@ -390,7 +390,7 @@ def _common(program, directory_doc, directory_default):
                 "the group the program runs as (its only group: supplementary groups are dropped)",
                 default_doc="nogroup, or nobody where there is no nogroup"),
         Keyword(program, "directory", Path("dir", "DIRECTORY"), directory_default, directory_doc),
-        Keyword(program, "pidfile", Path("pidfile"), None, "where the standalone master writes its process id"),
+        Keyword(program, "pidfile", Path("pidfile"), None, "where the daemon writes its process id"),
         Keyword(program, "log-facility", Choice(*SYSLOG_FACILITIES, metavar="FACILITY"), "mail",
                 "the syslog facility of the log lines (mail, daemon, local0 to local7, ...)"),
         Keyword(program, "log-socket", Path("none", "PATH"), None,
