@@ -322,3 +322,45 @@ def test_sigkill_under_a_stream_loses_nothing(env):
           f"{duplicates} duplicates, {lost} lost")
     assert lost == 0 and os.listdir(env.bad) == []
     assert 0 <= duplicates <= kills
+
+
+def smapctl(env, *args):
+    return subprocess.run([command("smapctl"), *args, "--config", str(env.table)], capture_output=True, text=True)
+
+
+def test_smapctl_queue_requeue_and_flush(env):
+    env.mode("exit 75")
+    deferred = env.queue(rcpts=("b@y.example", "c@y.example"))
+    env.plant("smaREFUSED1", b"FROM <a@x.example>\nRCPT <-x@y.example>\nBODY\nhi\n")
+    env.write_table("smapd: retry-max 3600\n")
+    p = env.start()
+    wait_for(lambda: f"id={deferred} deferred" in env.log(p) and os.listdir(env.bad), what="one deferral, one refusal")
+    r = smapctl(env, "queue")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"spool {env.spool}: 1 message"
+    assert re.match(rf"  {deferred}  size=\d+  age=\d+s  next=in \d+s  from=<a@x\.example>  rcpt=2/2 pending$",
+                    lines[1]), lines
+    assert lines[2:4] == ["      to=<b@y.example>", "      to=<c@y.example>"]
+    assert lines[4] == f"      last error: {env.mta} exited 75"
+    assert lines[5] == f"bad {env.bad}: 1 message"
+    assert lines[6].startswith("  REFUSED1  ") and "next=never (bad)" in lines[6]
+    assert "last error: refused: address '-x@y.example' starts with '-'" in r.stdout
+
+    # flush: the deferred message is due now and smapd is woken
+    env.mode("ok")
+    r = smapctl(env, "flush")
+    assert (r.returncode, r.stdout.strip()) == (0, "1 deferred message made due; smapd woken")
+    wait_for(lambda: env.spooled() == [], what="the flushed delivery")
+
+    # requeue from bad/: back in the spool, due now (refused again here, as its address still is bad)
+    r = smapctl(env, "requeue", "NOSUCH")
+    assert r.returncode == 1 and "no NOSUCH in" in r.stderr
+    r = smapctl(env, "requeue", "REFUSED1")
+    assert (r.returncode, r.stdout) == (0, "requeued REFUSED1\n")
+    wait_for(lambda: env.log(p).count("id=REFUSED1 moved to ") == 2, what="the second refusal")
+
+
+def test_smapctl_flush_without_smapd(env):
+    r = smapctl(env, "flush")
+    assert r.returncode == 1 and "no smapd is listening on" in r.stdout

@@ -2,7 +2,9 @@
 
 What it does: `smapctl check` validates the netperm-table for every
 program of the suite and the files and accounts it names (see check.py);
-`smapctl maildrop` is the demo's local delivery agent (see maildrop.py).
+`smapctl queue`, `requeue` and `flush` administer smapd's spool
+(queuectl.py); `smapctl maildrop` is the demo's local delivery agent
+(maildrop.py).
 Further commands (queue, requeue, flush, mkcert, passwd, stats) join it
 as the programs they administer land.
 
@@ -32,6 +34,22 @@ def cmd_check(args) -> int:
     return EXIT_RUNTIME if errors else EXIT_OK
 
 
+def cmd_queue(args) -> int:
+    from . import queuectl
+    from .netperm import ConfigError
+    try:
+        s = queuectl.settings(table_path(args.config), args.name)
+    except ConfigError as e:
+        for d in e.diagnostics:
+            print(f"smapctl: {d}", file=sys.stderr)
+        return 2
+    if args.command == "queue":
+        return queuectl.list_queue(s, sys.stdout)
+    if args.command == "requeue":
+        return queuectl.requeue(s, args.ids, sys.stdout, sys.stderr)
+    return queuectl.flush(s, sys.stdout, sys.stderr)
+
+
 def cmd_maildrop(args) -> int:
     from . import maildrop
     return maildrop.main(args.directory, args.sendmail_args)
@@ -51,6 +69,17 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("names", nargs="*", metavar="NAME[=PROGRAM]",
                    help="the names the programs run under (default: every name of the table a program reads)")
     c.set_defaults(func=cmd_check)
+    for cmd, helptext in (("queue", "list the spool and bad/: id, age, size, sender, recipients, next attempt, "
+                                    "last error"),
+                          ("requeue", "move messages from bad/ back into the spool"),
+                          ("flush", "make deferred messages due now and wake smapd")):
+        q = sub.add_parser(cmd, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
+        q.add_argument("--config", "-c", metavar="FILE", help="the table (default: $NETPERM_TABLE, else "
+                                                                 "/usr/local/etc/netperm-table)")
+        q.add_argument("--name", default="smapd", help="the name smapd reads the table under (default: smapd)")
+        if cmd == "requeue":
+            q.add_argument("ids", nargs="+", metavar="ID|all")
+        q.set_defaults(func=cmd_queue, command=cmd)
     m = sub.add_parser("maildrop", help="sendmail-compatible delivery into Maildirs (the demo's MTA)",
                        description="Read a message on stdin and write one Maildir message per recipient "
                                    "under DIR/RECIPIENT/. Takes sendmail's -oi -f SENDER -- RCPT… arguments.")

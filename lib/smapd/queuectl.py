@@ -1,0 +1,159 @@
+"""`smapctl queue`, `requeue` and `flush`: the operator's view of the spool.
+
+What it does: lists the committed messages of smapd's spool and of its
+baddir (id, age, size, sender, recipients, next attempt, last error);
+moves refused messages from baddir back into the spool; makes every
+deferred message due now and wakes smapd through the `.trigger` FIFO.
+
+What it trusts: smapd's table for where the spool is; nothing in the
+spool files (queue.read_envelope checks them).
+
+What it must never do: touch a message smapd is delivering (requeue and
+flush take the fcntl lock first and skip a locked file), or lose one: a
+requeue is a rename within one file system.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+
+from . import config, queue
+from .deliver import ERROR_XATTR, get_error
+from .netperm import Table
+from .spool import READY_PREFIX, TRIGGER, poke_trigger
+
+
+def settings(path: str, name: str):
+    return config.load_or_die(Table.read(path), config.SMAPD, (name,)).settings
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _entries(directory: str, now: float):
+    for name in queue.list_spool(directory):
+        path = os.path.join(directory, name)
+        try:
+            st = os.stat(path)
+            with open(path, "rb") as f:
+                env = queue.read_envelope(f)
+            problem = None
+        except FileNotFoundError:
+            continue
+        except (OSError, queue.Corrupt) as e:
+            env, problem = None, str(e)
+        yield name[len(READY_PREFIX):], path, st, env, problem
+
+
+def list_queue(s, out) -> int:
+    now = time.time()
+    total = 0
+    for title, directory in (("spool", s["directory"]), ("bad", s["baddir"])):
+        rows = list(_entries(directory, now))
+        total += len(rows)
+        print(f"{title} {directory}: {len(rows)} message{'' if len(rows) == 1 else 's'}", file=out)
+        for qid, path, st, env, problem in rows:
+            born = st.st_ctime
+            from .spool import queue_id_time
+            born = queue_id_time(qid) or born
+            due = st.st_mtime
+            when = "now" if due <= now else f"in {_age(due - now)}"
+            if title == "bad":
+                when = "never (bad)"
+            if env is None:
+                print(f"  {qid}  {st.st_size}  {_age(now - born)}  unreadable: {problem}", file=out)
+                continue
+            pending = env.pending
+            print(f"  {qid}  size={st.st_size}  age={_age(now - born)}  next={when}  from=<{env.sender}>  "
+                  f"rcpt={len(pending)}/{len(env.recipients)} pending", file=out)
+            for r in pending[:10]:
+                print(f"      to=<{r}>", file=out)
+            if len(pending) > 10:
+                print(f"      ... and {len(pending) - 10} more", file=out)
+            error = get_error(path)
+            if error:
+                print(f"      last error: {error}", file=out)
+    return 0
+
+
+def _locked_do(path: str, action) -> bool:
+    """Run action() holding the file's lock; False if smapd holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        action(fd)
+        return True
+    finally:
+        os.close(fd)
+
+
+def requeue(s, ids, out, err) -> int:
+    bad, spool = s["baddir"], s["directory"]
+    names = queue.list_spool(bad)
+    if ids != ["all"]:
+        wanted = {READY_PREFIX + i if not i.startswith(READY_PREFIX) else i for i in ids}
+        missing = sorted(wanted - set(names))
+        for m in missing:
+            print(f"smapctl: no {m[len(READY_PREFIX):]} in {bad}", file=err)
+        names = sorted(wanted & set(names))
+        if missing and not names:
+            return 1
+    now = time.time()
+    for name in names:
+        src, dst = os.path.join(bad, name), os.path.join(spool, name)
+
+        def move(fd, src=src, dst=dst):
+            try:
+                os.removexattr(fd, ERROR_XATTR)
+            except OSError:
+                pass
+            os.utime(fd, (now, now))
+            os.rename(src, dst)
+        try:
+            _locked_do(src, move)
+        except OSError as e:
+            print(f"smapctl: {name}: {e.strerror}", file=err)
+            return 1
+        print(f"requeued {name[len(READY_PREFIX):]}", file=out)
+    poke_trigger(spool)
+    return 0
+
+
+def flush(s, out, err) -> int:
+    spool = s["directory"]
+    now = time.time()
+    made_due = 0
+    for name in queue.list_spool(spool):
+        path = os.path.join(spool, name)
+        try:
+            if os.stat(path).st_mtime > now and _locked_do(path, lambda fd: os.utime(fd, (now, now))):
+                made_due += 1
+        except OSError:
+            continue
+    listening = _trigger_has_reader(spool)
+    poke_trigger(spool)
+    print(f"{made_due} deferred message{'' if made_due == 1 else 's'} made due; "
+          + ("smapd woken" if listening else "no smapd is listening on " + os.path.join(spool, TRIGGER)),
+          file=out)
+    return 0 if listening else 1
+
+
+def _trigger_has_reader(spool: str) -> bool:
+    try:
+        fd = os.open(os.path.join(spool, TRIGGER), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False  # ENXIO: a FIFO without a reader; ENOENT: none at all
+    os.close(fd)
+    return True
