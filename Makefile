@@ -1,5 +1,5 @@
 # The smapd suite.  The README's two commands:
-#   make run    install into .venv and start the demo: smap on 127.0.0.1:$(PORT)
+#   make run    install into .venv and start the demo: smap on 127.0.0.1:$(PORT), smapd, maildrop
 #   make test   install what the tests need and run them
 PYTHON  ?= python3
 VENV    := .venv
@@ -27,9 +27,10 @@ $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 $(RUNDIR)/netperm-table: etc/demo/netperm-table.in
 	mkdir -p $(RUNDIR)/spool/bad
 	@if [ "$$(id -u)" = 0 ]; then u=nobody; g=$$(getent group nogroup >/dev/null && echo nogroup || echo nobody); \
-	    chown "$$u:$$g" $(RUNDIR)/spool $(RUNDIR)/spool/bad; \
-	else u=$$(id -un); g=$$(id -gn); fi; \
+	    chown "$$u:$$g" $(RUNDIR)/spool $(RUNDIR)/spool/bad; du=root; dg=root; \
+	else u=$$(id -un); g=$$(id -gn); du=$$u; dg=$$g; fi; \
 	sed -e "s|@RUN@|$(RUNDIR)|g" -e "s|@USER@|$$u|g" -e "s|@GROUP@|$$g|g" \
+	    -e "s|@DUSER@|$$du|g" -e "s|@DGROUP@|$$dg|g" \
 	    -e "s|@PORT@|$(PORT)|g" -e "s|@VBIN@|$(CURDIR)/$(VBIN)|g" \
 	    etc/demo/netperm-table.in > $@
 
@@ -39,10 +40,15 @@ run: venv $(RUNDIR)/netperm-table
 	    echo "*** WARNING: not root: smap cannot chroot or drop privileges; this demo runs it as $$(id -un)."; \
 	    echo "*** Never run smap like this in production."; fi
 	@echo
-	@echo "smap listens on 127.0.0.1:$(PORT) (one smap per connection, as inetd starts it). Send a message:"
+	@echo "smap listens on 127.0.0.1:$(PORT) (one smap per connection, as inetd starts it); smapd"
+	@echo "hands each spooled message to 'smapctl maildrop', which delivers into $(RUNDIR)/maildir/."
+	@echo "Send a message:"
 	@echo "    swaks --server 127.0.0.1:$(PORT) --from you@example.org --to postmaster@example.org"
-	@echo "It is spooled as $(RUNDIR)/spool/sma<id>; smap logs below. Ctrl-C stops."
+	@echo "and read it in $(RUNDIR)/maildir/postmaster@example.org/new/ ('$(VBIN)/smapctl queue"
+	@echo "--config $(RUNDIR)/netperm-table' lists what waits). Both log below. Ctrl-C stops."
 	@echo
+	@$(VBIN)/smapd -d $$([ "$$(id -u)" = 0 ] && echo --allow-root) --config $(RUNDIR)/netperm-table & \
+	smapd=$$!; trap 'kill $$smapd 2>/dev/null; wait $$smapd' EXIT INT TERM; \
 	$(VBIN)/python tools/minetd 127.0.0.1 $(PORT) -- $(CURDIR)/$(VBIN)/smap -d --config $(RUNDIR)/netperm-table
 
 deps:

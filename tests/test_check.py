@@ -150,7 +150,8 @@ def test_bad_pem_and_world_writable_password_file(tmp_path, table):
                  f"smap: md5file {pw}\n")
     code, lines = check("--config", path)
     assert code == 1
-    assert f"{path}:2: error: smap: userid 0: the programs refuse to run as root" in lines
+    assert f"{path}:2: warning: smap: userid 0: root: the programs refuse this unless started with --allow-root" \
+        in lines
     assert any(line.startswith(f"{path}:3: error: smap: ssl {pem}: is not a usable key and certificate")
                for line in lines), lines
     assert f"{path}:5: error: smap: md5file {pw}: is writable by everyone (mode 0666)" in lines

@@ -298,13 +298,12 @@ def _machine(s, name, report):
 def _user(value, s, kw, report):
     if s.program == SSLGW and not s.is_set(kw.name):
         return None
+    root = "root: the programs refuse this unless started with --allow-root"
     if isinstance(value, int):
-        if value == 0:
-            return ("error", "the programs refuse to run as root")
-        return None
+        return ("warning", root) if value == 0 else None
     try:
         if pwd.getpwnam(value).pw_uid == 0:
-            return ("error", "the programs refuse to run as root")
+            return ("warning", root)
     except KeyError:
         return ("error", "no such user")
     return None
@@ -314,7 +313,8 @@ def _group(value, s, kw, report):
     if s.program == SSLGW and not s.is_set(kw.name):
         return None
     if isinstance(value, int):
-        return ("error", "the programs refuse to run with group 0") if value == 0 else None
+        return ("warning", "group 0: the programs refuse this unless started with --allow-root") \
+            if value == 0 else None
     try:
         grp.getgrnam(value)
     except KeyError:
@@ -334,8 +334,8 @@ def _uid_gid(s):
 
 
 def _writable_by(st, uid, gid):
-    if uid is None:
-        return True  # the account error is reported on its own line
+    if uid is None or uid == 0:
+        return True  # root writes anywhere; an unknown account is reported on its own line
     if st.st_uid == uid:
         return bool(st.st_mode & stat.S_IWUSR)
     if gid is not None and st.st_gid == gid:
