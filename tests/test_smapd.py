@@ -364,3 +364,38 @@ def test_smapctl_queue_requeue_and_flush(env):
 def test_smapctl_flush_without_smapd(env):
     r = smapctl(env, "flush")
     assert r.returncode == 1 and "no smapd is listening on" in r.stdout
+
+
+def test_detaches_writes_its_pid_file_and_syslogs(env, public_tmp):
+    import socket
+    rundir = public_tmp / "run"
+    rundir.mkdir()
+    if os.geteuid() == 0:
+        os.chown(rundir, *nobody_ids())  # so that smapd, as nobody, can remove its pid file
+    logsock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    logsock.bind(str(public_tmp / "log"))
+    logsock.settimeout(10)
+    pidfile = rundir / "smapd.pid"
+    env.write_table(f"smapd: pidfile {pidfile}\nsmapd: log-socket {public_tmp / 'log'}\n")
+    r = subprocess.run([command("smapd"), "--config", str(env.table)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == ""  # the parent returns at once
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the pid file"))
+    try:
+        line = logsock.recv(4096).decode()
+        assert re.match(rf"<22>smapd\[{pid}\]: started: spool {env.spool}", line), line
+        with open(f"/proc/{pid}/status") as f:
+            status = f.read()
+        # detached: the command has returned, the daemon lives on, no longer our child
+        assert int(re.search(r"^PPid:\t(\d+)$", status, re.M).group(1)) != os.getpid()
+        uid, _ = nobody_ids()
+        assert re.search(rf"^Uid:\t{uid}\t", status, re.M)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert f.read().startswith(b"smapd: ")  # setproctitle
+        qid = env.queue()
+        wait_for(lambda: env.spooled() == [], what="delivery by the detached smapd")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2],
+             what="smapd to stop")
+    wait_for(lambda: not pidfile.exists(), what="the pid file to go")
+    logsock.close()

@@ -38,12 +38,15 @@ log = logging.getLogger("smapd")
 STALE_TEMP = 86400
 
 
+try:  # imported now: after the privilege drop the interpreter's files may be out of reach
+    from setproctitle import setproctitle as _setproctitle
+except ImportError:  # pragma: no cover - a declared dependency
+    _setproctitle = None
+
+
 def _title(text: str) -> None:
-    try:
-        import setproctitle
-        setproctitle.setproctitle(text)
-    except ImportError:
-        pass
+    if _setproctitle:
+        _setproctitle(text)
 
 
 def context(settings) -> deliver.Context:
