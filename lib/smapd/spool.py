@@ -141,6 +141,7 @@ class SpoolWriter:
         return self.queue_id
 
     def abort(self) -> None:
+        """Close and remove the temporary file; safe to call again."""
         try:
             self.file.close()
         except (OSError, AttributeError):

@@ -333,9 +333,13 @@ class Session:
 
             info = self.framer.read_message(sink, self.proto.s.maxbytes)
             result = self.proto.data_end(info.size, info.too_big, info.bad_eol, info.nul)
+            # A refused or failed message leaves nothing behind before the
+            # client hears about it (abort is idempotent; commit aborts too).
             if result.action != "spool":
+                writer.abort()
                 return self._send(result)
             if failure:
+                writer.abort()
                 return self._send(self.proto.spool_failed(f"cannot write the spool file: {failure[0].strerror}"))
             recipients = list(env.recipients)
             try:
