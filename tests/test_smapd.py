@@ -399,3 +399,112 @@ def test_detaches_writes_its_pid_file_and_syslogs(env, public_tmp):
              what="smapd to stop")
     wait_for(lambda: not pidfile.exists(), what="the pid file to go")
     logsock.close()
+
+
+@pytest.mark.parametrize("n", [150, 250])
+def test_every_batch_gets_the_whole_body(env, n):
+    rcpts = [f"r{i}@y.example" for i in range(n)]
+    qid = env.queue(rcpts=rcpts)
+    env.start()
+    wait_for(lambda: env.spooled() == [], what="the spool to drain")
+    calls = env.calls()
+    assert [len(argv) - 4 for argv, _ in calls] == [min(100, n - i) for i in range(0, n, 100)]
+    assert all(body == f"Received: {qid}\nSubject: t\n\nhello\n".encode() for _, body in calls)
+    assert sorted(r for argv, _ in calls for r in argv[4:]) == sorted(rcpts)
+
+
+def test_what_is_not_a_regular_file_goes_to_bad_without_spinning(env):
+    # planted as a compromised smap (running as nobody) could plant them
+    os.mkdir(env.spool / "smaADIR1")
+    os.symlink("/etc/passwd", env.spool / "smaALINK1")
+    os.mkfifo(env.spool / "smaAFIFO1")
+    if os.geteuid() == 0:
+        for n in ("smaADIR1", "smaALINK1", "smaAFIFO1"):
+            os.chown(env.spool / n, *nobody_ids(), follow_symlinks=False)
+    p = env.start()
+    wait_for(lambda: sorted(os.listdir(env.bad)) == ["smaADIR1", "smaAFIFO1", "smaALINK1"],
+             what=f"all three in bad/: {env.log(p)}")
+    assert env.calls() == [] and env.spooled() == []
+    assert os.readlink(env.bad / "smaALINK1") == "/etc/passwd"  # moved, never followed
+    wait_for(lambda: "id=ALINK1 moved to " in env.log(p), what="the log line")
+    assert "not a regular file" in env.log(p)
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_file_locked_elsewhere_is_skipped_without_spinning(env):
+    import fcntl
+    qid = env.queue()
+    fd = os.open(env.spool / ("sma" + qid), os.O_RDWR)
+    fcntl.lockf(fd, fcntl.LOCK_EX)  # as another smapd (or smapctl) would hold it
+    try:
+        p = env.start()
+        before = cpu_seconds(p.pid)
+        time.sleep(2)  # the measuring window, not synchronisation
+        assert cpu_seconds(p.pid) - before < 0.5, "smapd keeps forking for a locked file"
+        assert env.calls() == []
+    finally:
+        os.close(fd)
+    wait_for(lambda: env.spooled() == [], timeout=20, what="delivery once the lock is gone")
+
+
+def test_a_trigger_that_is_not_a_fifo_is_replaced(env):
+    (env.spool / ".trigger").write_text("planted")
+    p = env.start()
+    assert ".trigger was not a FIFO" in env.log(p)
+    import stat as st
+    assert st.S_ISFIFO(os.lstat(env.spool / ".trigger").st_mode)
+    before = cpu_seconds(p.pid)
+    env.queue()
+    wait_for(lambda: env.spooled() == [], what="delivery")
+    assert cpu_seconds(p.pid) - before < 1.0
+
+
+def test_pid_file_never_written_through_a_symlink(env, public_tmp):
+    victim = public_tmp / "victim"
+    victim.write_text("precious\n")
+    link = public_tmp / "smapd.pid"
+    os.symlink(victim, link)
+    env.write_table(f"smapd: pidfile {link}\n")
+    r = subprocess.run([command("smapd"), "-d", "--config", str(env.table)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 1 and "cannot write the pid file" in r.stderr
+    assert victim.read_text() == "precious\n" and os.stat(victim).st_uid == os.geteuid()
+
+
+def test_interrupting_smapd_does_not_duplicate(env):
+    env.mode("slow")
+    qid = env.queue()
+    p = subprocess.Popen([command("smapd"), "-d", "--config", str(env.table)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: env.calls(), what="the hand-off to start")
+        os.killpg(p.pid, signal.SIGINT)  # ^C: the whole process group
+        assert p.wait(20) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert len(env.calls()) == 1 and env.spooled() == []
+
+
+def test_smapctl_queue_never_follows_a_symlink(env, public_tmp):
+    secret = public_tmp / "secret"
+    secret.write_text("FROM <root-secret@x>\nRCPT <hash@y>\nBODY\n")
+    secret.chmod(0o600)
+    os.symlink(secret, env.spool / "smaLEAK1")
+    r = smapctl(env, "queue")
+    assert r.returncode == 0 and "root-secret" not in r.stdout
+    assert "LEAK1" in r.stdout and "not a regular file" in r.stdout
+
+
+def test_what_cannot_be_moved_is_left_alone_not_retried_in_a_loop(env):
+    os.mkdir(env.spool / "smaROOTDIR1")  # root's, in the spool: smapd (nobody) cannot move it
+    p = env.start()
+    wait_for(lambda: "id=ROOTDIR1 cannot move to" in env.log(p), what="the refusal")
+    env.queue()
+    wait_for(lambda: env.spooled() == ["smaROOTDIR1"], what="the other message to go")
+    assert env.log(p).count("id=ROOTDIR1 cannot move to") == 1

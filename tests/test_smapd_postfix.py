@@ -66,11 +66,11 @@ def test_smap_smapd_postfix_byte_exact(unprivileged_submission, public_tmp, loop
     table = public_tmp / "netperm-table"
     table.write_text(
         f"smap, smapd: directory {spool}\nsmap, smapd: userid nobody\nsmap, smapd: groupid {group}\n"
-        f"smap: hostname smap.example.test\nsmap: resolver 127.0.0.1:{loopback_dns}\n"
+        f"smap: hostname smap.example.test\nsmap: resolver 127.0.0.1:{loopback_dns}\nsmap: maxrecip 200\n"
         f"smapd: sendmail /usr/sbin/sendmail -C {postfix.config_dir}\nsmapd: wakeup 2\n")
     table.chmod(0o644)
     rcpts_a = ["bob@example.net", "carol@example.net"]
-    rcpts_b = [f"user{i}@example.net" for i in range(100)]
+    rcpts_b = [f"user{i}@example.net" for i in range(150)]  # two batches: 100, then 50
     postfix.add_mailbox("alice@example.org", *rcpts_a, *rcpts_b)
     ids = [send(InetdSmap(str(table)), "alice@example.org", rcpts_a, MESSAGE),
            send(InetdSmap(str(table)), "alice@example.org", rcpts_b, b"Subject: hundred\r\n\r\nto 100\r\n")]
@@ -96,6 +96,7 @@ def test_smap_smapd_postfix_byte_exact(unprivileged_submission, public_tmp, loop
         log.seek(0)
         text = log.read().decode()
         assert f"id={ids[1]} from=<alice@example.org> nrcpt=100 sent" in text
+        assert f"id={ids[1]} from=<alice@example.org> nrcpt=50 sent" in text
     finally:
         smapd.send_signal(signal.SIGTERM)
         smapd.wait(20)

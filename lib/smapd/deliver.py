@@ -10,9 +10,10 @@ envelope, re-checks every address, and runs
 with no shell and the message on stdin, at most BATCH recipients at a
 time.  The exit status decides (DESIGN.md section 6):
 
-    0                        handed off: SENT lines are written for the
-                             batch when more batches remain; the file is
-                             unlinked, then unlocked, when none remains
+    0                        handed off: the batch's RCPT lines become
+                             SENT lines (in place) when more batches
+                             remain; the file is unlinked, then unlocked,
+                             when none remains
     67 EX_NOUSER             done: the MTA has bounced it
     69 71 72 74 75 77        (EX_UNAVAILABLE, EX_OSERR, EX_OSFILE,
     a signal, the time-out   EX_IOERR, EX_TEMPFAIL, EX_NOPERM) temporary:
@@ -37,12 +38,13 @@ import fcntl
 import logging
 import os
 import signal
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
 
 from . import queue
-from .spool import TEMP_PREFIX, _fsync_dir, queue_id_time
+from .spool import _fsync_dir, queue_id_time
 
 log = logging.getLogger("smapd")
 
@@ -86,7 +88,7 @@ def set_error(fd, text: str) -> None:
 
 def get_error(path: str) -> str:
     try:
-        return os.getxattr(path, ERROR_XATTR).decode("utf-8", "replace")
+        return os.getxattr(path, ERROR_XATTR, follow_symlinks=False).decode("utf-8", "replace")
     except OSError:
         return ""
 
@@ -104,21 +106,35 @@ def next_delay(queue_id: str, st, now: float, retry_max: int) -> float:
 class Claim:
     """A locked spool file and what is known of it."""
 
-    def __init__(self, name: str, fd: int):
-        self.name, self.fd = name, fd
+    def __init__(self, name: str, fd: int, ro: int):
+        self.name, self.fd, self.ro = name, fd, ro
         self.id = name[len(queue.READY_PREFIX):]
 
     def close(self):
-        os.close(self.fd)  # drops the lock
+        # Only now, when all is done: closing either drops the lock.
+        os.close(self.ro)
+        os.close(self.fd)
+
+
+class NotAFile(Exception):
+    """An `sma*` name that is no regular file (planted, or a mistake)."""
 
 
 def claim(name: str):
     """Lock `name` or return None (gone, locked by another smapd, replaced
-    since we opened it)."""
+    since we opened it).  NotAFile for a symlink, directory, FIFO..."""
     try:
-        fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = os.lstat(name)
     except FileNotFoundError:
         return None
+    if not stat.S_ISREG(st.st_mode):
+        raise NotAFile(f"not a regular file (mode {st.st_mode:o})")
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise NotAFile(f"cannot open it: {e.strerror}") from None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -127,27 +143,80 @@ def claim(name: str):
             return None
         raise
     try:
-        same = os.stat(name, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        same = os.lstat(name).st_ino == os.fstat(fd).st_ino
     except FileNotFoundError:
         same = False
-    if not same:  # delivered (or rewritten) by another smapd meanwhile
+    if not same or not stat.S_ISREG(os.fstat(fd).st_mode):  # delivered by another smapd meanwhile
         os.close(fd)
         return None
-    return Claim(name, fd)
+    # A read-only descriptor for the MTA's stdin, opened now and closed
+    # with the claim (closing it earlier would drop the lock).
+    try:
+        ro = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        os.close(fd)
+        return None
+    if os.fstat(ro).st_ino != os.fstat(fd).st_ino:
+        os.close(ro)
+        os.close(fd)
+        return None
+    return Claim(name, fd, ro)
+
+
+def _move(src: str, directory: str) -> str:
+    """Move `src` into `directory` without replacing anything there (link,
+    then unlink: an existing name gets a suffix .1, .2...); returns the
+    new path.  Both must be on one file system (checked at start-up)."""
+    target = os.path.join(directory, os.path.basename(src))
+    for n in range(100):
+        try:
+            if os.path.isdir(src) and not os.path.islink(src):
+                if os.path.lexists(target):
+                    raise FileExistsError(errno.EEXIST, "exists", target)
+                os.rename(src, target)  # a directory cannot be linked
+                break
+            try:
+                os.link(src, target, follow_symlinks=False)
+            except PermissionError:
+                # protected_hardlinks: a file of another owner cannot be
+                # linked; rename it, having made sure the name is free.
+                if os.path.lexists(target):
+                    raise FileExistsError(errno.EEXIST, "exists", target) from None
+                os.rename(src, target)
+                break
+            os.unlink(src)
+            break
+        except FileExistsError:
+            target = os.path.join(directory, f"{os.path.basename(src)}.{n + 1}")
+    else:
+        raise OSError(errno.EEXIST, "too many files of that name", target)
+    _fsync_dir(directory)
+    _fsync_dir(os.path.dirname(src) or ".")
+    return target
 
 
 def move_to_bad(c: Claim, ctx: Context, why: str) -> None:
     set_error(c.fd, why)
-    target = os.path.join(ctx.baddir, c.name)
     try:
-        os.rename(c.name, target)
-        _fsync_dir(ctx.baddir)
-        _fsync_dir(ctx.directory)
+        target = _move(c.name, ctx.baddir)
     except OSError as e:
         log.error("id=%s cannot move to %s: %s; kept in the spool (%s)", c.id, ctx.baddir, e.strerror, why)
         reschedule(c, ctx, f"{why}; and moving it to {ctx.baddir} failed: {e.strerror}")
         return
     log.warning("id=%s moved to %s: %s", c.id, target, why)
+
+
+def move_name_to_bad(name: str, ctx: Context, why: str) -> bool:
+    """For what cannot be claimed (a symlink, a directory, a FIFO): moved
+    by name, never opened.  False when it could not be moved."""
+    qid = name[len(queue.READY_PREFIX):]
+    try:
+        target = _move(name, ctx.baddir)
+    except OSError as e:
+        log.error("id=%s cannot move to %s: %s (%s)", qid, ctx.baddir, e.strerror, why)
+        return False
+    log.warning("id=%s moved to %s: %s", qid, target, why)
+    return True
 
 
 def reschedule(c: Claim, ctx: Context, why: str) -> None:
@@ -186,83 +255,83 @@ def run_sendmail(ctx: Context, sender: str, rcpts, fd: int, offset: int):
     return proc.returncode, f"{ctx.sendmail[0]} exited {proc.returncode}{said}"
 
 
-def write_sent(c: Claim, env: queue.Envelope, ctx: Context) -> Claim:
-    """Record SENT lines: a new file with the envelope rewritten, locked
-    before it replaces the old one, so that the claim never lapses."""
-    tmp = f"{TEMP_PREFIX}{c.id}.sent"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def mark_sent(c: Claim, env: queue.Envelope, batch) -> None:
+    """Turn the batch's RCPT lines into SENT lines, in place and synced:
+    the same length, so the file neither grows nor moves, and the lock
+    is never let go.  Needs no free space."""
+    for r in batch:
+        for offset in env.rcpt_offsets.pop(r, ()):
+            os.pwrite(c.fd, b"SENT", offset)
+    os.fsync(c.fd)
+    env.sent.extend(batch)
+
+
+#: Exit statuses of a delivery child, for the runner: done; skipped (try
+#: again after a short while); stuck (could not even be moved to bad/).
+DONE, SKIPPED, STUCK = 0, 10, 11
+
+
+def deliver(name: str, ctx: Context) -> int:
+    """Hand one spool file off.  Returns DONE (delivered, deferred, moved
+    to bad/), SKIPPED (locked by another process, not due, gone) or STUCK
+    (not a file, and it could not be moved to bad/)."""
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        head = [f"FROM <{env.sender}>\n"] + [f"RCPT <{r}>\n" for r in env.recipients] \
-            + [f"SENT <{r}>\n" for r in env.sent] + ["BODY\n"]
-        os.write(fd, "".join(head).encode("utf-8", "surrogateescape"))
-        os.lseek(c.fd, env.body_offset, os.SEEK_SET)
-        while True:
-            chunk = os.read(c.fd, 1 << 16)
-            if not chunk:
-                break
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
-        os.fsync(fd)
-        os.rename(tmp, c.name)
-        _fsync_dir(ctx.directory)
-    except BaseException:
-        os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    c.close()
-    return Claim(c.name, fd)
-
-
-def deliver(name: str, ctx: Context) -> str:
-    """Hand one spool file off; returns what happened (for the caller's
-    title and tests): locked, notdue, delivered, deferred, bad."""
-    c = claim(name)
+        c = claim(name)
+    except NotAFile as e:
+        return DONE if move_name_to_bad(name, ctx, f"refused: {e}") else STUCK
     if c is None:
-        return "locked"
+        return SKIPPED
     try:
-        st = os.fstat(c.fd)
-        if st.st_mtime > time.time() + 1:
-            return "notdue"  # rescheduled by another smapd meanwhile
-        # Never close another descriptor of a locked file: closing any of
-        # them drops the process's fcntl lock (POSIX).  Hence closefd=False
-        # here, and the claim's own descriptor as the MTA's stdin below.
-        with open(c.fd, "rb", closefd=False) as f:
-            try:
-                env = queue.read_envelope(f)
-            except queue.Corrupt as e:
-                move_to_bad(c, ctx, f"corrupt spool file: {e}")
-                return "bad"
-        for addr, is_sender in [(env.sender, True)] + [(r, False) for r in env.recipients]:
-            problem = address_problem(addr, is_sender)
-            if problem:
-                move_to_bad(c, ctx, f"refused: {problem}")
-                return "bad"
-        pending = env.pending
-        while pending:
-            batch, pending = pending[:BATCH], pending[BATCH:]
-            status, why = run_sendmail(ctx, env.sender, batch, c.fd, env.body_offset)
-            if status in (0, EX_NOUSER):
-                outcome = "sent" if status == 0 else f"bounced by the MTA ({why})"
-                log.info("id=%s from=<%s> nrcpt=%d %s", c.id, env.sender, len(batch), outcome)
-                if pending:
-                    env.sent.extend(batch)
-                    c = write_sent(c, env, ctx)
-                continue
-            if status is None or status in TEMPORARY:
-                if env.sent:
-                    log.info("id=%s %d of %d recipients handed off before the failure", c.id,
-                             len(env.sent), len(env.recipients))
-                reschedule(c, ctx, why)
-                return "deferred"
-            move_to_bad(c, ctx, f"refused by the MTA: {why}")
-            return "bad"
-        os.unlink(c.name)      # unlink, then unlock (close)
-        _fsync_dir(ctx.directory)
-        return "delivered"
+        return _deliver(c, ctx)
     finally:
         c.close()
+
+
+def _deliver(c: Claim, ctx: Context) -> int:
+    if os.fstat(c.fd).st_mtime > time.time() + 1:
+        return SKIPPED  # rescheduled by another smapd meanwhile
+    # Never close another descriptor of a locked file: closing any of
+    # them drops the process's fcntl lock (POSIX).  Hence closefd=False
+    # here, and the claim's own descriptor as the MTA's stdin below.
+    with open(c.fd, "rb", closefd=False) as f:
+        try:
+            env = queue.read_envelope(f)
+        except queue.Corrupt as e:
+            move_to_bad(c, ctx, f"corrupt spool file: {e}")
+            return DONE
+    for addr, is_sender in [(env.sender, True)] + [(r, False) for r in env.recipients]:
+        problem = address_problem(addr, is_sender)
+        if problem:
+            move_to_bad(c, ctx, f"refused: {problem}")
+            return DONE
+    pending = env.pending
+    while pending:
+        batch, pending = pending[:BATCH], pending[BATCH:]
+        status, why = run_sendmail(ctx, env.sender, batch, c.ro, env.body_offset)
+        if status is None or status in TEMPORARY:
+            if env.sent:
+                log.info("id=%s %d of %d recipients handed off before the failure", c.id,
+                         len(env.sent), len(env.recipients))
+            reschedule(c, ctx, why)
+            return DONE
+        if status not in (0, EX_NOUSER):
+            move_to_bad(c, ctx, f"refused by the MTA: {why}")
+            return DONE
+        outcome = "sent" if status == 0 else f"bounced by the MTA ({why})"
+        log.info("id=%s from=<%s> nrcpt=%d %s", c.id, env.sender, len(batch), outcome)
+        try:
+            if pending:
+                mark_sent(c, env, batch)
+            else:
+                os.unlink(c.name)  # unlink, then unlock (the caller closes)
+                _fsync_dir(ctx.directory)
+        except OSError as e:
+            # Handed off, but not recorded: never retry at once (that would
+            # hand the same batch off again and again).
+            log.error("id=%s handed off, but recording it failed: %s", c.id, e.strerror)
+            try:
+                reschedule(c, ctx, f"recording a hand-off failed: {e.strerror}")
+            except OSError:
+                pass
+            return DONE
+    return DONE

@@ -1,8 +1,8 @@
 """Reading the spool: the envelope of a committed message.
 
 What it does: `read_envelope()` parses the head of an `sma<id>` file
-(`FROM <sender>`, `RCPT <recipient>` lines, `SENT <recipient>` lines for
-recipients already handed off, then `BODY`) and says where the message
+(`FROM <sender>`, a `RCPT <recipient>` line per recipient, turned into
+`SENT <recipient>` in place once handed off, then `BODY`) and says where the message
 starts; `list_spool()` lists the committed files of a spool directory.
 smapd and `smapctl queue` read the spool through this module only.
 
@@ -34,9 +34,10 @@ class Corrupt(Exception):
 @dataclass
 class Envelope:
     sender: str
-    recipients: list
-    sent: list = field(default_factory=list)
+    recipients: list                              # every recipient, in SMTP order
+    sent: list = field(default_factory=list)      # those already handed off
     body_offset: int = 0
+    rcpt_offsets: dict = field(default_factory=dict)  # pending recipient -> offsets of its RCPT lines
 
     @property
     def pending(self) -> list:
@@ -46,15 +47,18 @@ class Envelope:
 
 
 def read_envelope(f) -> Envelope:
-    """Parse the envelope from a binary file object positioned anywhere."""
+    """Parse the envelope from a binary file object positioned anywhere.
+
+    A recipient handed off already has its `RCPT` turned into `SENT` in
+    place (same length: the file never moves, see deliver.mark_sent)."""
     f.seek(0)
-    sender, rcpts, sent = None, [], []
+    env = Envelope(None, [])
     offset = 0
     while True:
         line = f.readline(MAX_ENVELOPE)
         if not line:
             raise Corrupt("no BODY line (truncated file)")
-        offset += len(line)
+        start, offset = offset, offset + len(line)
         if offset > MAX_ENVELOPE:
             raise Corrupt("envelope too large")
         if not line.endswith(b"\n"):
@@ -67,24 +71,25 @@ def read_envelope(f) -> Envelope:
             raise Corrupt(f"bad envelope line {line[:60]!r}")
         kind, addr = m.group(1), m.group(2).decode("utf-8", "surrogateescape")
         if kind == b"FROM":
-            if sender is not None or rcpts or sent:
+            if env.sender is not None or env.recipients:
                 raise Corrupt("FROM is not the first line, or appears twice")
-            sender = addr
-        elif sender is None:
+            env.sender = addr
+            continue
+        if env.sender is None:
             raise Corrupt("the first line is not FROM")
-        elif kind == b"RCPT":
-            if not addr:
-                raise Corrupt("empty recipient")
-            rcpts.append(addr)
+        if not addr:
+            raise Corrupt("empty recipient")
+        env.recipients.append(addr)
+        if kind == b"SENT":
+            env.sent.append(addr)
         else:
-            if addr not in rcpts:
-                raise Corrupt(f"SENT for a recipient that is not in the envelope: {addr!r}")
-            sent.append(addr)
-    if sender is None:
+            env.rcpt_offsets.setdefault(addr, []).append(start)
+    if env.sender is None:
         raise Corrupt("no FROM line")
-    if not rcpts:
+    if not env.recipients:
         raise Corrupt("no RCPT line")
-    return Envelope(sender, rcpts, sent, offset)
+    env.body_offset = offset
+    return env
 
 
 def list_spool(directory: str) -> list:

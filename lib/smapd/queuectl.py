@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import time
 
 from . import config, queue
@@ -41,8 +42,12 @@ def _entries(directory: str, now: float):
     for name in queue.list_spool(directory):
         path = os.path.join(directory, name)
         try:
-            st = os.stat(path)
-            with open(path, "rb") as f:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise queue.Corrupt(f"not a regular file (mode {st.st_mode:o})")
+            # Never through a symlink, never blocking on a FIFO: root runs this.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb") as f:
                 env = queue.read_envelope(f)
             problem = None
         except FileNotFoundError:
@@ -85,8 +90,10 @@ def list_queue(s, out) -> int:
 
 def _locked_do(path: str, action) -> bool:
     """Run action() holding the file's lock; False if smapd holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -120,12 +127,16 @@ def requeue(s, ids, out, err) -> int:
             except OSError:
                 pass
             os.utime(fd, (now, now))
-            os.rename(src, dst)
+            os.link(src, dst)  # never replaces a file of that name in the spool
+            os.unlink(src)
         try:
-            _locked_do(src, move)
+            moved = _locked_do(src, move)
         except OSError as e:
             print(f"smapctl: {name}: {e.strerror}", file=err)
             return 1
+        if not moved:
+            print(f"smapctl: {name[len(READY_PREFIX):]} is locked by another process; not requeued", file=err)
+            continue
         print(f"requeued {name[len(READY_PREFIX):]}", file=out)
     poke_trigger(spool)
     return 0

@@ -27,6 +27,7 @@ import logging
 import os
 import select
 import signal
+import stat
 import time
 
 from . import config, deliver, queue
@@ -36,6 +37,8 @@ from .spool import TEMP_PREFIX, TRIGGER
 log = logging.getLogger("smapd")
 
 STALE_TEMP = 86400
+#: Seconds a file whose delivery child crashed is left alone.
+CRASH_PAUSE = 60
 
 
 try:  # imported now: after the privilege drop the interpreter's files may be out of reach
@@ -61,6 +64,7 @@ class Runner:
         self.reload_settings = reload   # callable giving new settings, or raising ConfigError
         self.prog = prog
         self.children = {}              # pid -> spool file name
+        self.skip_until = {}            # spool file name -> time before which it is not tried
         self.stopping = False
         self.want_reload = False
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -71,17 +75,26 @@ class Runner:
 
     def open_trigger(self) -> None:
         """The FIFO smap writes to; held open for writing too, so that a
-        read never sees end-of-file between two writers."""
+        read never sees end-of-file between two writers.  Anything else
+        under that name (a file, a symlink: whoever can write the spool
+        can plant one) is replaced by a FIFO."""
+        try:
+            st = os.lstat(TRIGGER)
+            if not stat.S_ISFIFO(st.st_mode):
+                log.warning("%s was not a FIFO (mode %o): replaced", TRIGGER, st.st_mode)
+                os.unlink(TRIGGER)
+        except FileNotFoundError:
+            pass
         try:
             os.mkfifo(TRIGGER, 0o622)
         except FileExistsError:
             pass
-        try:
-            os.chmod(TRIGGER, 0o622)  # smap may run under another uid than ours
-        except OSError:
-            pass
-        self.fifo = os.open(TRIGGER, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        self._fifo_keep = os.open(TRIGGER, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        flags = os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.fifo = os.open(TRIGGER, os.O_RDONLY | flags)
+        if not stat.S_ISFIFO(os.fstat(self.fifo).st_mode):
+            raise OSError(f"{TRIGGER} is not a FIFO")
+        os.fchmod(self.fifo, 0o622)  # smap may run under another uid than ours
+        self._fifo_keep = os.open(TRIGGER, os.O_WRONLY | flags)
 
     def install_signals(self) -> None:
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
@@ -125,11 +138,19 @@ class Runner:
         now = time.time()
         wait = float(self.settings["wakeup"])
         busy = set(self.children.values())
-        for name in queue.list_spool("."):
-            if name in busy:
+        for name, until in list(self.skip_until.items()):
+            if until <= now:
+                del self.skip_until[name]
+        try:
+            names = queue.list_spool(".")
+        except OSError as e:
+            log.error("cannot read the spool: %s", e.strerror)
+            return wait
+        for name in names:
+            if name in busy or name in self.skip_until:
                 continue
             try:
-                due = os.stat(name).st_mtime
+                due = os.lstat(name).st_mtime
             except FileNotFoundError:
                 continue
             if due > now:
@@ -142,20 +163,29 @@ class Runner:
 
     def spawn(self, name: str) -> None:
         ctx = context(self.settings)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            log.error("cannot fork a delivery child: %s", e.strerror)
+            self.skip_until[name] = time.time() + CRASH_PAUSE
+            return
         if pid == 0:
-            code = 0
+            code = 1
             try:
                 signal.set_wakeup_fd(-1)
-                for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-                    signal.signal(s, signal.SIG_DFL)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                # A delivery, once begun, is finished: ^C on smapd -d or a
+                # TERM to the process group must not kill the child while
+                # the MTA (in a session of its own) goes on, which would
+                # make the message go out twice.
+                for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                    signal.signal(s, signal.SIG_IGN)
                 os.close(self.wake_r)
                 os.close(self.wake_w)
                 _title(f"{self.prog}: delivering {name[len(queue.READY_PREFIX):]}")
-                deliver.deliver(name, ctx)
+                code = deliver.deliver(name, ctx)
             except BaseException:
                 log.exception("delivery of %s failed", name)
-                code = 1
             finally:
                 logging.shutdown()
                 os._exit(code)
@@ -171,9 +201,18 @@ class Runner:
             if pid == 0:
                 return
             name = self.children.pop(pid, None)
-            if name and os.waitstatus_to_exitcode(status) != 0:
-                log.error("delivery child %d for %s ended with status %d", pid, name,
-                          os.waitstatus_to_exitcode(status))
+            code = os.waitstatus_to_exitcode(status)
+            if not name or code == deliver.DONE:
+                continue
+            if code == deliver.SKIPPED:
+                # Locked by another process, or not due: not again at once.
+                self.skip_until[name] = time.time() + max(1, min(self.settings["wakeup"], 10))
+            elif code == deliver.STUCK:
+                self.skip_until[name] = time.time() + CRASH_PAUSE  # the child has said why
+            else:
+                log.error("delivery child %d for %s ended with status %d; not retried for %ds", pid, name,
+                          code, CRASH_PAUSE)
+                self.skip_until[name] = time.time() + CRASH_PAUSE
 
     def remove_stale_temps(self) -> None:
         now = time.time()
@@ -199,8 +238,7 @@ class Runner:
             pass
         for fd in (self.fifo, self.wake_r):
             try:
-                while os.read(fd, 4096):
-                    pass
+                os.read(fd, 65536)  # bounded: a busy writer cannot keep us here
             except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
                     raise

@@ -24,11 +24,14 @@ from .privsep import EXIT_BOOT, PrivsepError, enter_jail, resolve_ids
 from .progname import EXIT_RUNTIME
 
 
-def _write_pidfile(path, uid, gid) -> None:
-    with open(path, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    if os.geteuid() == 0:
-        os.chown(path, uid, gid)
+def _write_pidfile(path) -> None:
+    """Written as whoever started smapd, never through a symlink; left
+    root's (smapd removes it at stop when its directory lets it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
 
 
 def main(settings, prog: str, name: str, table: str, debug: bool, allow_root: bool) -> int:
@@ -51,7 +54,7 @@ def main(settings, prog: str, name: str, table: str, debug: bool, allow_root: bo
     pidfile = settings["pidfile"]
     if pidfile:
         try:
-            _write_pidfile(pidfile, uid, gid)
+            _write_pidfile(pidfile)
         except OSError as e:
             logger.error("cannot write the pid file %s: %s", pidfile, e.strerror)
             return EXIT_RUNTIME
@@ -65,8 +68,15 @@ def main(settings, prog: str, name: str, table: str, debug: bool, allow_root: bo
         logger.warning("not started as root: delivering as uid %d", os.geteuid())
     try:
         os.chdir(spool)
+        bad = os.stat(settings["baddir"])
     except OSError as e:
-        logger.error("cannot use the spool %s: %s", spool, e.strerror)
+        logger.error("cannot use the spool %s or its baddir: %s", spool, e.strerror)
+        return EXIT_RUNTIME
+    # Files go to bad/ by link and unlink: it must be on the spool's file
+    # system, and writable, or a refused message would be retried forever.
+    if bad.st_dev != os.stat(".").st_dev or not os.access(settings["baddir"], os.W_OK | os.X_OK):
+        logger.error("baddir %s must be a writable directory on the file system of the spool %s",
+                     settings["baddir"], spool)
         return EXIT_RUNTIME
     try:
         return runner.Runner(settings, lambda: runner.load(table, name), prog).run()
