@@ -8,7 +8,7 @@ RUNDIR  := $(CURDIR)/run
 PORT    ?= 2525
 SOURCES := setup.py README.md $(wildcard bin/* lib/smapd/*.py lib/smapd/*/*.py man/man*/*)
 
-.PHONY: run test deps venv check-demo man lint clean
+.PHONY: run test deps venv man lint clean
 
 venv: $(VENV)/.installed
 

@@ -3,7 +3,6 @@
 import hashlib
 import os
 import re
-import stat
 import subprocess
 
 import pytest
@@ -14,7 +13,7 @@ REFERENCE_WARNINGS = [
     ":6: note: 'smmap' is smap installed under another name: run as smmap, it reads the 'smmap:' lines",
     ":6: note: 'smmapd' is smapd installed under another name: run as smmapd, it reads the 'smmapd:' lines",
     ":13: warning: executable /usr/local/etc/smmapd is accepted for compatibility only: smapd forks its "
-    "delivery children and never executes another program, so the path is unused",
+    "delivery children and runs no separate delivery program, so the path is unused",
     ":22: warning: smmap: ssl-auth optional without ssl-ca: client certificates are asked for but cannot be "
     "verified, so none makes a client internal",
     ":32: warning: smmap: nospam maps-rbl but no 'rbl' zone is configured, so no DNSBL is queried (the MAPS "

@@ -117,7 +117,7 @@ def test_broken_lines_of_other_programs_do_not_stop_me():
 def test_compatibility_keyword_warns():
     r = loaded("smapd: executable /usr/local/etc/smapd\n", SMAPD, ("smapd",))
     assert messages(r) == ["t:1: warning: executable /usr/local/etc/smapd is accepted for compatibility only: "
-                           "smapd forks its delivery children and never executes another program, "
+                           "smapd forks its delivery children and runs no separate delivery program, "
                            "so the path is unused"]
 
 

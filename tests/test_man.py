@@ -14,7 +14,7 @@ PAGES = sorted(glob.glob(os.path.join(ROOT, "man", "man*", "*.[0-9]")))
 
 def test_pages_exist():
     names = {os.path.basename(p) for p in PAGES}
-    assert {"netperm-table.5", "smapctl.8"} <= names
+    assert {"netperm-table.5", "smap.8", "smapd.8", "smapctl.8"} <= names
 
 
 def test_mandoc_lint_clean():

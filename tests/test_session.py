@@ -1,7 +1,6 @@
 """The socket session's framing and time limits, and the spool writer's
 promises (lock, trigger, commit), in-process over real socket pairs."""
 
-import fcntl
 import os
 import socket
 import subprocess

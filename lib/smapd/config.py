@@ -24,7 +24,7 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from . import netperm
 from .netperm import Diagnostic, Rule
@@ -394,7 +394,7 @@ def _common(program, directory_doc, directory_default):
         Keyword(program, "log-facility", Choice(*SYSLOG_FACILITIES, metavar="FACILITY"), "mail",
                 "the syslog facility of the log lines (mail, daemon, local0 to local7, ...)"),
         Keyword(program, "log-socket", Path("none", "PATH"), None,
-                "the syslog socket, connected before chroot",
+                "the syslog socket, connected at start (before any chroot)",
                 default_doc="the first of /dev/log, /var/run/log and /var/run/syslog that exists"),
     ]
 
@@ -441,7 +441,7 @@ _DECLARATIONS = [
     Keyword(SMAP, "spam-database", Path("file"), None,
             "file of refused client addresses, networks, senders and domains; re-read when it changes"),
     Keyword(SMAP, "crlf", Choice("strict", "normalize"), "strict",
-            "line ends: only CRLF (strict) or bare LF accepted inside DATA (normalize)"),
+            "line ends: only CRLF (strict), or a bare LF too (normalize); the end of DATA is only CRLF.CRLF"),
     Keyword(SMAP, "greet-delay", Int(0, 300, "SECONDS"), 0, "pause before the greeting; clients that talk first are refused"),
     Keyword(SMAP, "errors-max", Int(1), 20, "errors before 421 4.7.0 and disconnect; replies are delayed after half"),
     # --------------------------------------------------------------- smapd
@@ -453,7 +453,7 @@ _DECLARATIONS = [
     Keyword(SMAPD, "wakeup", Int(1, metavar="SECONDS"), 30, "seconds between two scans of the spool"),
     Keyword(SMAPD, "maxchildren", Int(1, 1000), 6, "delivery children at once"),
     Keyword(SMAPD, "executable", Path("none"), None, "FWTK 2.1's path of smapd's delivery program",
-            compat="smapd forks its delivery children and never executes another program, so the path is unused"),
+            compat="smapd forks its delivery children and runs no separate delivery program, so the path is unused"),
     Keyword(SMAPD, "retry-max", Int(1, metavar="SECONDS"), 3600, "the longest wait between two delivery attempts"),
     Keyword(SMAPD, "sendmail-timeout", Int(1, metavar="SECONDS"), 600,
             "seconds a hand-off may take before it is killed and retried"),

@@ -231,7 +231,7 @@ def reschedule(c: Claim, ctx: Context, why: str) -> None:
 def run_sendmail(ctx: Context, sender: str, rcpts, fd: int, offset: int):
     """(status, reason): status 0 or a sysexits value, or None for a
     signal or the time-out (both temporary).  The MTA reads the message
-    from `fd` (the claim's descriptor) from `offset` on."""
+    from `fd` (the claim's read-only descriptor) from `offset` on."""
     argv = [*ctx.sendmail, "-oi", "-f", sender, "--", *rcpts]
     os.lseek(fd, offset, os.SEEK_SET)
     try:
@@ -292,7 +292,7 @@ def _deliver(c: Claim, ctx: Context) -> int:
         return SKIPPED  # rescheduled by another smapd meanwhile
     # Never close another descriptor of a locked file: closing any of
     # them drops the process's fcntl lock (POSIX).  Hence closefd=False
-    # here, and the claim's own descriptor as the MTA's stdin below.
+    # here, and the claim's read-only descriptor as the MTA's stdin below.
     with open(c.fd, "rb", closefd=False) as f:
         try:
             env = queue.read_envelope(f)

@@ -3,9 +3,10 @@
 What it does: parses each program's arguments (FWTK style for smap and
 smapd, stunnel 3.x style for ssl-gw), finds the names it reads the table
 under and loads its settings, exiting 2 with file:line on any error.
-smap without -daemon then serves one session in inetd mode (inetd.py).
-The standalone master, the spool runner and the TLS relay arrive in their
-own modules; until then those say so and exit 1 rather than pretend.
+smap without -daemon then serves one session in inetd mode (inetd.py);
+smapd runs its daemon (smapd_daemon.py, runner.py).  smap's standalone
+master and ssl-gw's TLS relay arrive in their own modules; until then
+those say so and exit 1 rather than pretend.
 
 What it trusts: argv and the environment.
 
@@ -76,8 +77,7 @@ def smap_main(argv=None) -> int:
 
 def smapd_main(argv=None) -> int:
     prog, args, settings = _fwtk_start(argv, SMAPD, False)
-    argv = sys.argv if argv is None else argv
-    name = invoked_name(argv[0], args.name)
+    name = invoked_name(sys.argv[0] if argv is None else argv[0], args.name)
     from . import smapd_daemon
     return smapd_daemon.main(settings, prog, name, table_path(args.config), args.debug, args.allow_root)
 

@@ -1,12 +1,11 @@
 """smap in inetd mode: one session on the socket inetd passes as fd 0.
 
-What it does, in this order: reads the table under the invoked name,
-connects the log, looks up the client's forward-confirmed name, applies
+What it does, in this order, once entry.py has read the table under the
+invoked name: connects the log, looks up the client's forward-confirmed name, applies
 the `hosts` rules, prepares what the jail lacks (DNS record types, the
 time zone, the host name), chroots into the spool and drops to
 `userid`/`groupid` with no other group (verified), serves one SMTP
-session with the same Session code the standalone children use, and
-exits.  Started by a non-root user (a test, `make run`) it cannot jail
+session (smtp/session.py) and exits.  Started by a non-root user (a test, `make run`) it cannot jail
 itself: it says so loudly in the log and serves from the spool directory.
 
 What it trusts: the table, as read by root before the jail.

@@ -24,7 +24,7 @@ import time
 from . import config, queue
 from .deliver import ERROR_XATTR, get_error
 from .netperm import Table
-from .spool import READY_PREFIX, TRIGGER, poke_trigger
+from .spool import READY_PREFIX, TRIGGER, poke_trigger, queue_id_time
 
 
 def settings(path: str, name: str):
@@ -38,7 +38,7 @@ def _age(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
-def _entries(directory: str, now: float):
+def _entries(directory: str):
     for name in queue.list_spool(directory):
         path = os.path.join(directory, name)
         try:
@@ -59,15 +59,11 @@ def _entries(directory: str, now: float):
 
 def list_queue(s, out) -> int:
     now = time.time()
-    total = 0
     for title, directory in (("spool", s["directory"]), ("bad", s["baddir"])):
-        rows = list(_entries(directory, now))
-        total += len(rows)
+        rows = list(_entries(directory))
         print(f"{title} {directory}: {len(rows)} message{'' if len(rows) == 1 else 's'}", file=out)
         for qid, path, st, env, problem in rows:
-            born = st.st_ctime
-            from .spool import queue_id_time
-            born = queue_id_time(qid) or born
+            born = queue_id_time(qid) or st.st_ctime
             due = st.st_mtime
             when = "now" if due <= now else f"in {_age(due - now)}"
             if title == "bad":
@@ -115,8 +111,6 @@ def requeue(s, ids, out, err) -> int:
         for m in missing:
             print(f"smapctl: no {m[len(READY_PREFIX):]} in {bad}", file=err)
         names = sorted(wanted & set(names))
-        if missing and not names:
-            return 1
     now = time.time()
     for name in names:
         src, dst = os.path.join(bad, name), os.path.join(spool, name)
@@ -139,7 +133,7 @@ def requeue(s, ids, out, err) -> int:
             continue
         print(f"requeued {name[len(READY_PREFIX):]}", file=out)
     poke_trigger(spool)
-    return 0
+    return 1 if ids != ["all"] and missing else 0
 
 
 def flush(s, out, err) -> int:
@@ -163,8 +157,10 @@ def flush(s, out, err) -> int:
 
 def _trigger_has_reader(spool: str) -> bool:
     try:
-        fd = os.open(os.path.join(spool, TRIGGER), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(os.path.join(spool, TRIGGER), os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        return False  # ENXIO: a FIFO without a reader; ENOENT: none at all
-    os.close(fd)
-    return True
+        return False  # ENXIO: a FIFO without a reader; ENOENT: none; ELOOP: a symlink
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)

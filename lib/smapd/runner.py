@@ -1,7 +1,7 @@
 """smapd: the spool runner daemon.
 
-What it does: becomes `userid`/`groupid` (no chroot: it runs the MTA),
-works in the spool, and loops: reap delivery children; scan the `sma*`
+What it does (once smapd_daemon.py has dropped privileges and made the
+spool its working directory): loops: reap delivery children; scan the `sma*`
 files; fork a child for each due file not already being delivered, up to
 `maxchildren` (each child claims its file with an fcntl lock, see
 deliver.py, so two smapd on one spool deliver each message once); remove
@@ -15,9 +15,9 @@ scanning and let running deliveries finish, CHLD wakes the loop.
 
 What it trusts: its table and the MTA's exit statuses.
 
-What it must never do: run as root (it refuses unless forced), deliver
-from anywhere but its spool, or exit with a delivery half-done: the
-children finish before smapd does.
+What it must never do: deliver from anywhere but its working directory,
+retry a file in a loop, or exit with a delivery half-done: the children
+finish before smapd does.
 """
 
 from __future__ import annotations

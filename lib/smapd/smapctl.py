@@ -5,8 +5,7 @@ program of the suite and the files and accounts it names (see check.py);
 `smapctl queue`, `requeue` and `flush` administer smapd's spool
 (queuectl.py); `smapctl maildrop` is the demo's local delivery agent
 (maildrop.py).
-Further commands (queue, requeue, flush, mkcert, passwd, stats) join it
-as the programs they administer land.
+mkcert, passwd and stats join them as the programs they administer land.
 
 What it trusts: the operator who runs it.
 
@@ -20,7 +19,7 @@ import argparse
 import sys
 
 from . import __version__, check
-from .progname import EXIT_OK, EXIT_RUNTIME, table_path
+from .progname import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, table_path
 
 
 def cmd_check(args) -> int:
@@ -42,7 +41,7 @@ def cmd_queue(args) -> int:
     except ConfigError as e:
         for d in e.diagnostics:
             print(f"smapctl: {d}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     if args.command == "queue":
         return queuectl.list_queue(s, sys.stdout)
     if args.command == "requeue":

@@ -2,10 +2,10 @@
 
 What it does: connects the log, refuses to run as root (unless forced),
 detaches with python-daemon unless -d (the log socket kept open), writes
-the pid file (as root when started as root, then given to the user so
-the runner can remove it), drops to `userid`/`groupid` with no other
-group, makes the spool its working directory and hands over to
-runner.Runner.
+the pid file (as whoever started smapd, never through a symlink),
+drops to `userid`/`groupid` with no other group, makes the spool its
+working directory, checks that baddir is usable, and hands over to
+runner.Runner; at stop it removes the pid file where it may.
 
 What it trusts: the table, read as root.
 
@@ -25,8 +25,8 @@ from .progname import EXIT_RUNTIME
 
 
 def _write_pidfile(path) -> None:
-    """Written as whoever started smapd, never through a symlink; left
-    root's (smapd removes it at stop when its directory lets it)."""
+    """Written as whoever started smapd, never through a symlink, and left
+    with that owner (smapd removes it at stop when its directory lets it)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, f"{os.getpid()}\n".encode())

@@ -167,7 +167,7 @@ def poke_trigger(directory: str) -> None:
     """Wake smapd through the FIFO; no reader, no FIFO, or a full pipe are
     all fine (smapd polls anyway)."""
     try:
-        fd = os.open(os.path.join(directory, TRIGGER), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(os.path.join(directory, TRIGGER), os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return
     try:

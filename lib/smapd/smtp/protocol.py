@@ -140,7 +140,6 @@ class Protocol:
         self.s = settings
         self.client_name = client_name
         self.client_addr = client_addr
-        self.greeted = False
         self.envelope: Optional[Envelope] = None
         self.helo: Optional[str] = None
         self.esmtp = False
@@ -156,7 +155,6 @@ class Protocol:
 
     def connect(self) -> Result:
         """The connection is open: the greeting."""
-        self.greeted = True
         text = self.s.banner or f"{self.s.hostname} SMTP/smap Ready."
         return Result([reply(220, "", text)])
 
