@@ -390,7 +390,7 @@ def test_detaches_writes_its_pid_file_and_syslogs(env, public_tmp):
         assert re.search(rf"^Uid:\t{uid}\t", status, re.M)
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             assert f.read().startswith(b"smapd: ")  # setproctitle
-        qid = env.queue()
+        env.queue()
         wait_for(lambda: env.spooled() == [], what="delivery by the detached smapd")
     finally:
         os.kill(pid, signal.SIGTERM)
@@ -477,7 +477,7 @@ def test_pid_file_never_written_through_a_symlink(env, public_tmp):
 
 def test_interrupting_smapd_does_not_duplicate(env):
     env.mode("slow")
-    qid = env.queue()
+    env.queue()
     p = subprocess.Popen([command("smapd"), "-d", "--config", str(env.table)], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
     try:
