@@ -146,3 +146,13 @@ def test_resolver_specs(spec, expected):
 def test_bad_resolver_specs(spec):
     with pytest.raises(ValueError):
         sdns.parse_resolver_spec(spec)
+
+
+def test_prepared_types_parse_without_imports():
+    import dns.rdata
+    import dns.rdataclass
+    import dns.rdatatype
+    sdns.prepare_types()
+    for name in sdns.TYPES:
+        cls = dns.rdata.get_rdata_class(dns.rdataclass.IN, dns.rdatatype.from_text(name))
+        assert cls is not dns.rdata.GenericRdata, name

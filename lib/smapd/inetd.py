@@ -21,8 +21,6 @@ import os
 import socket
 import time
 
-import dns.rdata
-
 from . import dns as sdns
 from . import log as slog
 from .netperm import check_hosts
@@ -48,7 +46,7 @@ def limits(settings) -> Limits:
 
 def prepare_for_jail() -> None:
     """Load now what cannot be loaded inside the jail."""
-    dns.rdata.load_all_types()
+    sdns.prepare_types()
     time.localtime()            # the time zone, from /etc/localtime
     "x".encode("idna")          # the codec, from the standard library
 
