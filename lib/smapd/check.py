@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from . import config
 from .config import PROGRAMS, SMAP, SMAPD, SSLGW
 from .netperm import ConfigError, Diagnostic, Table
+from .privsep import PrivsepError, resolve_id
 
 #: Other programs of the FWTK that share the table; their lines are theirs.
 FWTK_PROGRAMS = {
@@ -323,14 +324,14 @@ def _group(value, s, kw, report):
 
 
 def _uid_gid(s):
-    def resolve(v, db, attr):
-        if isinstance(v, int):
-            return v
+    """The ids the program would run as; None for an unknown account
+    (reported on its own line)."""
+    def resolve(value, kind):
         try:
-            return getattr(db(v), attr)
-        except KeyError:
+            return resolve_id(value, kind)
+        except PrivsepError:
             return None
-    return resolve(s["userid"], pwd.getpwnam, "pw_uid"), resolve(s["groupid"], grp.getgrnam, "gr_gid")
+    return resolve(s["userid"], "user"), resolve(s["groupid"], "group")
 
 
 def _writable_by(st, uid, gid):

@@ -30,23 +30,20 @@ class PrivsepError(Exception):
     pass
 
 
+def resolve_id(value, kind: str) -> int:
+    """A `user` or `group` id from a name or a number; PrivsepError names
+    an unknown one."""
+    if isinstance(value, int):
+        return value
+    try:
+        return pwd.getpwnam(value).pw_uid if kind == "user" else grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise PrivsepError(f"no such {kind} {value!r}") from None
+
+
 def resolve_ids(userid, groupid):
-    """(uid, gid) from names or numbers; PrivsepError names the unknown one."""
-    if isinstance(userid, int):
-        uid = userid
-    else:
-        try:
-            uid = pwd.getpwnam(userid).pw_uid
-        except KeyError:
-            raise PrivsepError(f"no such user {userid!r}") from None
-    if isinstance(groupid, int):
-        gid = groupid
-    else:
-        try:
-            gid = grp.getgrnam(groupid).gr_gid
-        except KeyError:
-            raise PrivsepError(f"no such group {groupid!r}") from None
-    return uid, gid
+    """(uid, gid) from names or numbers."""
+    return resolve_id(userid, "user"), resolve_id(groupid, "group")
 
 
 def enter_jail(directory, uid: int, gid: int, allow_root: bool = False) -> None:
