@@ -7,6 +7,7 @@ component that is missing fails the test; nothing is skipped for it.
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -278,3 +279,62 @@ def public_tmp():
     from pathlib import Path
     yield Path(d)
     shutil.rmtree(d, ignore_errors=True)
+
+
+# ------------------------------------------------------------ processes, logs
+
+class Syslog:
+    """A syslog socket of the test's own, as rsyslog would offer one, read
+    all the time by a thread: a syslog daemon that stops reading makes
+    every logging process block (the datagram queue is short)."""
+
+    def __init__(self, path):
+        import threading
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.lines = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop:
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.lines.append(data.decode("utf-8", "replace").rstrip("\x00"))
+
+    def read(self):
+        return list(self.lines)
+
+    def wait(self, pattern):
+        return wait_for(lambda: [l for l in self.read() if re.search(pattern, l)], what=f"log line {pattern!r}")
+
+    def close(self):
+        self._stop = True
+        self._thread.join()
+        self.sock.close()
+
+
+def proc_status(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def children(ppid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == ppid:
+                out.append(int(d))
+    return out

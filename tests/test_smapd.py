@@ -471,7 +471,7 @@ def test_pid_file_never_written_through_a_symlink(env, public_tmp):
     env.write_table(f"smapd: pidfile {link}\n")
     r = subprocess.run([command("smapd"), "-d", "--config", str(env.table)], capture_output=True, text=True,
                        timeout=30)
-    assert r.returncode == 1 and "cannot write the pid file" in r.stderr
+    assert r.returncode == 1 and "cannot open the pid file" in r.stderr
     assert victim.read_text() == "precious\n"
 
 

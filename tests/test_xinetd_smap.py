@@ -24,34 +24,13 @@ import subprocess
 
 import pytest
 
-from conftest import REFERENCE, command, free_port, make_spool, wait_for
+from conftest import REFERENCE, Syslog, children, command, free_port, make_spool, proc_status, wait_for
 from test_check import make_pem
 
 DEFAULT_TABLE = "/usr/local/etc/netperm-table"
 REF_UID = REF_GID = 99
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="xinetd runs smap as root, which then drops to uid 99")
-
-
-class Syslog:
-    """A syslog socket of the test's own, as rsyslog would offer one."""
-
-    def __init__(self, path):
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.setblocking(False)
-        self.lines = []
-
-    def read(self):
-        while True:
-            try:
-                self.lines.append(self.sock.recv(65536).decode("utf-8", "replace").rstrip("\x00"))
-            except BlockingIOError:
-                return self.lines
-
-    def wait(self, pattern):
-        return wait_for(lambda: [l for l in self.read() if re.search(pattern, l)], what=f"log line {pattern!r}")
 
 
 @pytest.fixture
@@ -173,25 +152,6 @@ def test_swaks_through_xinetd(deployment, tmp_path):
     assert head == b"FROM <swaks@example.org>\nRCPT <dave@localdomain.com>\n"
     assert b"\tfor <dave@localdomain.com>; " in received
     assert body == b"From: swaks@example.org\nSubject: swaks\n\nsent by swaks\n.\nend\n"
-
-
-def proc_status(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-
-
-def children(ppid):
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == ppid:
-                out.append(int(d))
-    return out
 
 
 def test_child_is_jailed_as_uid_99_without_groups(deployment):

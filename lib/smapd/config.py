@@ -370,6 +370,19 @@ def _baddir(settings):
     return settings["directory"].rstrip("/") + "/bad"
 
 
+def _run_file(settings, suffix):
+    """/var/run/NAME.suffix, NAME being the name the program reads the table under."""
+    return f"/var/run/{settings.names[0]}.{suffix}"
+
+
+def _pidfile(settings):
+    return _run_file(settings, "pid")
+
+
+def _scoreboard(settings):
+    return _run_file(settings, "scoreboard")
+
+
 def _pool(program, maxchildren):
     """The prefork pool keywords shared by the two standalone masters."""
     return [
@@ -380,6 +393,11 @@ def _pool(program, maxchildren):
         Keyword(program, "maxperhost", Int(1, 10000), 10,
                 "connections one client address may hold at once (more get 421 4.7.0)"),
         Keyword(program, "maxrequests", Int(1), 500, "connections a child serves before it exits"),
+        Keyword(program, "shutdown-timeout", Int(0, metavar="SECONDS"), 60,
+                "how long a graceful stop (TERM) lets sessions finish before they are ended"),
+        Keyword(program, "scoreboard", Path("pidfile"), _scoreboard,
+                "the master's shared-memory scoreboard file, which smapctl stats reads",
+                default_doc="/var/run/NAME.scoreboard"),
     ]
 
 
@@ -390,7 +408,9 @@ def _common(program, directory_doc, directory_default):
                 "the group the program runs as (its only group: supplementary groups are dropped)",
                 default_doc="nogroup, or nobody where there is no nogroup"),
         Keyword(program, "directory", Path("dir", "DIRECTORY"), directory_default, directory_doc),
-        Keyword(program, "pidfile", Path("pidfile"), None, "where the daemon writes its process id"),
+        Keyword(program, "pidfile", Path("pidfile"), _pidfile,
+                "where the daemon writes its process id (in the foreground only when set here or by --pidfile)",
+                default_doc="/var/run/NAME.pid"),
         Keyword(program, "log-facility", Choice(*SYSLOG_FACILITIES, metavar="FACILITY"), "mail",
                 "the syslog facility of the log lines (mail, daemon, local0 to local7, ...)"),
         Keyword(program, "log-socket", Path("none", "PATH"), None,

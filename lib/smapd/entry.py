@@ -3,10 +3,11 @@
 What it does: parses each program's arguments (FWTK style for smap and
 smapd, stunnel 3.x style for ssl-gw), finds the names it reads the table
 under and loads its settings, exiting 2 with file:line on any error.
-smap without -daemon then serves one session in inetd mode (inetd.py);
-smapd runs its daemon (smapd_daemon.py, runner.py).  smap's standalone
-master and ssl-gw's TLS relay arrive in their own modules; until then
-those say so and exit 1 rather than pretend.
+smap without -daemon then serves one session in inetd mode (inetd.py),
+with -daemon it starts the prefork master (serve.py, master.py); smapd
+runs its daemon (smapd_daemon.py, runner.py).  ssl-gw's TLS relay
+arrives in its own module; until then it says so and exits 1 rather
+than pretend.
 
 What it trusts: argv and the environment.
 
@@ -34,6 +35,7 @@ def _fwtk_parser(prog: str, daemon_flag: bool) -> argparse.ArgumentParser:
     p.add_argument("-d", "--debug", action="store_true", help="stay in the foreground and log to stderr")
     p.add_argument("--allow-root", action="store_true", help="let userid or groupid be 0 (refused otherwise)")
     p.add_argument("--config", metavar="FILE", help="the netperm-table")
+    p.add_argument("--pidfile", metavar="FILE", help="the daemon's pid file (overrides the table's pidfile)")
     p.add_argument("-V", "--version", action="version", version=f"{prog} (smapd suite) {__version__}")
     p.add_argument("name", nargs="?", help="read the table's lines for NAME instead of the program's name")
     return p
@@ -70,7 +72,9 @@ def smap_main(argv=None) -> int:
     prog, args, settings = _fwtk_start(argv, SMAP, True,
                                        b"421 4.3.0 Service temporarily unavailable (configuration error)\r\n")
     if args.daemon:
-        return _not_yet(prog, "the standalone master (smap -daemon)")
+        from . import serve
+        name = invoked_name(sys.argv[0] if argv is None else argv[0], args.name)
+        return serve.daemon_main(settings, prog, name, table_path(args.config), args)
     from . import inetd
     return inetd.main(settings, prog, args.debug, args.allow_root)
 
@@ -79,7 +83,8 @@ def smapd_main(argv=None) -> int:
     prog, args, settings = _fwtk_start(argv, SMAPD, False)
     name = invoked_name(sys.argv[0] if argv is None else argv[0], args.name)
     from . import smapd_daemon
-    return smapd_daemon.main(settings, prog, name, table_path(args.config), args.debug, args.allow_root)
+    return smapd_daemon.main(settings, prog, name, table_path(args.config), args.debug, args.allow_root,
+                             args.pidfile)
 
 
 #: stunnel 3.x letters; a colon marks a letter that takes an argument.

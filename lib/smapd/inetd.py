@@ -19,36 +19,12 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 
-from . import dns as sdns
 from . import log as slog
-from .netperm import check_hosts
 from .privsep import EXIT_BOOT, PrivsepError, enter_jail, resolve_ids
 from .progname import EXIT_OK, EXIT_RUNTIME
-from .smtp.protocol import Protocol, Settings as ProtocolSettings
-from .smtp.session import Limits, Session, lingering_close
-
-#: Seconds the client's name may take to look up.
-LOOKUP_LIFETIME = 10.0
-
-
-def protocol_settings(settings) -> ProtocolSettings:
-    return ProtocolSettings(hostname=settings["hostname"], maxbytes=settings["maxbytes"],
-                            maxrecip=settings["maxrecip"], errors_max=settings["errors-max"],
-                            banner=settings["banner"])
-
-
-def limits(settings) -> Limits:
-    return Limits(idle=settings["timeout"], session=settings["session-timeout"],
-                  min_rate=settings["min-data-rate"], crlf=settings["crlf"])
-
-
-def prepare_for_jail() -> None:
-    """Load now what cannot be loaded inside the jail."""
-    sdns.prepare_types()
-    time.localtime()            # the time zone, from /etc/localtime
-    "x".encode("idna")          # the codec, from the standard library
+from .serve import admitted, client_name, make_resolver, prepare_for_jail, protocol_settings, refuse, run_session
+from .smtp.protocol import Protocol
 
 
 def serve_inetd(settings, prog: str, debug: bool = False, allow_root: bool = False) -> int:
@@ -63,27 +39,12 @@ def serve_inetd(settings, prog: str, debug: bool = False, allow_root: bool = Fal
         logger.error("standard input is not a TCP socket")
         return EXIT_RUNTIME
     addr = peer[0]
-    hostname = settings["hostname"]
-    resolver = sdns.make_resolver(settings["resolver"], lifetime=LOOKUP_LIFETIME)
-    name = sdns.confirmed_name(addr, resolver) or "unknown"
+    name = client_name(addr, make_resolver(settings))
     proto = Protocol(protocol_settings(settings), name, addr)
-
-    def refuse(result):
-        for why in result.log:
-            logger.info("host=%s/%s refused: %s", name, addr, why)
-        try:
-            sock.settimeout(10)
-            sock.sendall(b"".join(r.render() for r in result.replies))
-        except OSError:
-            pass
-        lingering_close(sock)
-
-    permitted, rule = check_hosts(settings["hosts"], addr, None if name == "unknown" else name)
-    if not permitted:
-        refuse(proto.refuse_client(f"deny use of gateway ({rule.where if rule else 'no hosts rule matches'})"))
+    if not admitted(settings, proto, sock, name, addr):
         return EXIT_OK
 
-    prepare_for_jail()
+    prepare_for_jail(settings)
     directory = settings["directory"]
     if os.geteuid() == 0:
         try:
@@ -91,7 +52,7 @@ def serve_inetd(settings, prog: str, debug: bool = False, allow_root: bool = Fal
             enter_jail(directory, uid, gid, allow_root)
         except PrivsepError as e:
             logger.error("cannot serve host=%s/%s: %s", name, addr, e)
-            refuse(proto.unavailable(str(e)))
+            refuse(sock, proto.unavailable(str(e)), name, addr)
             return EXIT_BOOT
         spool_dir = "/"
     else:
@@ -101,12 +62,10 @@ def serve_inetd(settings, prog: str, debug: bool = False, allow_root: bool = Fal
             os.chdir(directory)
         except OSError as e:
             logger.error("cannot use the spool %s: %s", directory, e.strerror)
-            refuse(proto.unavailable(f"spool {directory}: {e.strerror}"))
+            refuse(sock, proto.unavailable(f"spool {directory}: {e.strerror}"), name, addr)
             return EXIT_RUNTIME
         spool_dir = directory
-    session = Session(sock, proto, limits(settings), spool_dir, hostname, name, addr,
-                      greet_delay=settings["greet-delay"])
-    session.serve()  # closes the connection
+    run_session(sock, proto, settings, spool_dir, name, addr)
     return EXIT_OK
 
 

@@ -80,3 +80,14 @@ def load_settings(program: str, names, path: str, prog: str, inetd_refusal: byte
                 print(f"{prog}: {d}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     return loaded.settings
+
+
+def pidfile_path(settings, option=None, detached=True):
+    """The pid file of a daemon: --pidfile, else the table's `pidfile`;
+    the default (/var/run/NAME.pid) only when it detaches, so that a
+    foreground run by an ordinary user needs no /var/run."""
+    if option:
+        return option
+    if detached or settings.is_set("pidfile"):
+        return settings["pidfile"]
+    return None

@@ -5,7 +5,8 @@ program of the suite and the files and accounts it names (see check.py);
 `smapctl queue`, `requeue` and `flush` administer smapd's spool
 (queuectl.py); `smapctl maildrop` is the demo's local delivery agent
 (maildrop.py).
-mkcert, passwd and stats join them as the programs they administer land.
+`smapctl stats` prints the scoreboard of a running master.
+mkcert and passwd join them as the programs they administer land.
 
 What it trusts: the operator who runs it.
 
@@ -16,6 +17,7 @@ asked only to look.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__, check
@@ -49,6 +51,41 @@ def cmd_queue(args) -> int:
     return queuectl.flush(s, sys.stdout, sys.stderr)
 
 
+def cmd_stats(args) -> int:
+    """The scoreboard of a running master (smap -daemon, ssl-gw -d)."""
+    from . import config
+    from .netperm import ConfigError, Table
+    from .scoreboard import Scoreboard, format_stats
+    path = args.scoreboard
+    if path is None:
+        program = config.SSLGW if args.name.replace("_", "-").startswith("ssl") else config.SMAP
+        try:
+            path = config.load_or_die(Table.read(table_path(args.config)), program, (args.name,)).settings["scoreboard"]
+        except ConfigError as e:
+            for d in e.diagnostics:
+                print(f"smapctl: {d}", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        board = Scoreboard.open_readonly(path)
+    except FileNotFoundError:
+        print(f"smapctl: no scoreboard at {path}: is {args.name} -daemon running?", file=sys.stderr)
+        return EXIT_RUNTIME
+    except (OSError, ValueError) as e:
+        print(f"smapctl: {path}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    sys.stdout.write(format_stats(board, alive=alive))
+    return EXIT_OK
+
+
 def cmd_maildrop(args) -> int:
     from . import maildrop
     return maildrop.main(args.directory, args.sendmail_args)
@@ -79,6 +116,16 @@ def parser() -> argparse.ArgumentParser:
         if cmd == "requeue":
             q.add_argument("ids", nargs="+", metavar="ID|all")
         q.set_defaults(func=cmd_queue, command=cmd)
+    st = sub.add_parser("stats", help="print the scoreboard of a running smap -daemon",
+                        description="Print the scoreboard of a running master: its children, their state, "
+                                    "the client each serves and the SMTP stage it is at.")
+    st.add_argument("--config", "-c", metavar="FILE", help="the table (default: $NETPERM_TABLE, else "
+                                                              "/usr/local/etc/netperm-table)")
+    st.add_argument("--scoreboard", "-f", metavar="FILE", help="the scoreboard file (default: the table's "
+                                                                  "scoreboard for NAME)")
+    st.add_argument("name", nargs="?", default="smap", help="the name the master reads the table under "
+                                                            "(default: smap)")
+    st.set_defaults(func=cmd_stats)
     m = sub.add_parser("maildrop", help="sendmail-compatible delivery into Maildirs (the demo's MTA)",
                        description="Read a message on stdin and write one Maildir message per recipient "
                                    "under DIR/RECIPIENT/. Takes sendmail's -oi -f SENDER -- RCPT… arguments.")

@@ -21,20 +21,11 @@ import sys
 from . import log as slog
 from . import runner
 from .privsep import EXIT_BOOT, PrivsepError, enter_jail, resolve_ids
-from .progname import EXIT_RUNTIME
+from .pidfile import PidFile
+from .progname import EXIT_RUNTIME, pidfile_path
 
 
-def _write_pidfile(path) -> None:
-    """Written as whoever started smapd, never through a symlink, and left
-    with that owner (smapd removes it at stop when its directory lets it)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, f"{os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-
-
-def main(settings, prog: str, name: str, table: str, debug: bool, allow_root: bool) -> int:
+def main(settings, prog: str, name: str, table: str, debug: bool, allow_root: bool, pidfile_option=None) -> int:
     logger = slog.setup(prog, settings["log-facility"], debug, settings["log-socket"])
     spool = settings["directory"]
     try:
@@ -45,19 +36,28 @@ def main(settings, prog: str, name: str, table: str, debug: bool, allow_root: bo
     if not os.path.isdir(spool):
         logger.error("the spool %s is not a directory", spool)
         return EXIT_RUNTIME
+    path = pidfile_path(settings, pidfile_option, detached=not debug)
+    pidfile = PidFile(path) if path else None
+    if pidfile:
+        # Locked before detaching (a second smapd is refused), written
+        # after, as whoever started smapd.
+        try:
+            pidfile.lock()
+        except OSError as e:
+            logger.error("%s", e.strerror)
+            if not debug:  # the log is elsewhere; the operator is still here
+                print(f"{prog}: {e.strerror}", file=sys.stderr)
+            return EXIT_RUNTIME
     if not debug:
         import daemon
         keep = [h.socket.fileno() for h in logger.handlers if getattr(h, "socket", None)]
+        if pidfile:
+            keep.append(pidfile.fd)
         ctx = daemon.DaemonContext(working_directory="/", umask=0o077, files_preserve=keep,
                                    signal_map={}, prevent_core=True)
         ctx.open()
-    pidfile = settings["pidfile"]
     if pidfile:
-        try:
-            _write_pidfile(pidfile)
-        except OSError as e:
-            logger.error("cannot write the pid file %s: %s", pidfile, e.strerror)
-            return EXIT_RUNTIME
+        pidfile.write()
     if os.geteuid() == 0:
         try:
             enter_jail(None, uid, gid, allow_root)
@@ -85,8 +85,5 @@ def main(settings, prog: str, name: str, table: str, debug: bool, allow_root: bo
         return EXIT_RUNTIME
     finally:
         if pidfile:
-            try:
-                os.unlink(pidfile)
-            except OSError:
-                pass
+            pidfile.remove()
         sys.stdout.flush()

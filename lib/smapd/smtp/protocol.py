@@ -166,6 +166,23 @@ class Protocol:
         """smap cannot serve now (it could not enter its jail): try later."""
         return self._close(reply(421, "4.3.0", f"{self.s.hostname} Error: service temporarily unavailable"), why)
 
+    def too_many_connections(self, limit: int) -> Result:
+        """The client already holds `limit` sessions (maxperhost)."""
+        return self._close(reply(421, "4.7.0", f"{self.s.hostname} Error: too many connections from your host"),
+                           f"too many connections from this host (maxperhost {limit})")
+
+    @property
+    def stage(self) -> str:
+        """Where the session is, for a process title: the last command
+        that changed the state."""
+        if self.in_data:
+            return "DATA"
+        if self.envelope is not None:
+            return "RCPT" if self.envelope.recipients else "MAIL"
+        if self.helo:
+            return "EHLO" if self.esmtp else "HELO"
+        return "connected"
+
     def early_talker(self) -> Result:
         """The client sent something before the greeting."""
         return self._close(reply(554, "5.5.0", "Protocol error: talking before the greeting"),

@@ -249,7 +249,7 @@ class Session:
     """Serve one SMTP connection with a Protocol, a Framer and the spool."""
 
     def __init__(self, sock, protocol: Protocol, limits: Limits, spool_dir: str, hostname: str,
-                 client_name: str, client_addr: str, greet_delay: float = 0.0):
+                 client_name: str, client_addr: str, greet_delay: float = 0.0, observer=None):
         self.sock = sock
         self.proto = protocol
         self.framer = Framer(sock, limits)
@@ -258,6 +258,9 @@ class Session:
         self.client_name = client_name or "unknown"
         self.client_addr = client_addr
         self.greet_delay = greet_delay
+        #: Called with the protocol's stage when it changes (a child's title).
+        self.observer = observer
+        self._stage = None
         self.messages = 0
         self.bytes = 0
 
@@ -276,8 +279,16 @@ class Session:
                 return False
         return not result.closes
 
+    def _note_stage(self) -> None:
+        if self.observer is not None:
+            stage = self.proto.stage
+            if stage != self._stage:
+                self._stage = stage
+                self.observer(stage)
+
     def serve(self) -> None:
         log.info("connect host=%s/%s", self.client_name, self.client_addr)
+        aborted = False
         try:
             if self.greet_delay and not self.framer.wait_quiet(self.greet_delay):
                 self._send(self.proto.early_talker())
@@ -293,9 +304,11 @@ class Session:
                 if result.action == "data":
                     if not self._message():
                         return
+                    self._note_stage()
                     continue
                 if not self._send(result):
                     return
+                self._note_stage()
         except TimedOut as e:
             try:
                 self._send(self.proto.timeout(str(e)), final=True)
@@ -303,10 +316,18 @@ class Session:
                 pass
         except Closed:
             log.info("host=%s/%s lost connection", self.client_name, self.client_addr)
+        except BaseException:
+            # Stopped from outside (a fast stop): the spool file is removed
+            # on the way out; no lingering.
+            aborted = True
+            raise
         finally:
-            log.info("exiting host=%s/%s messages=%d bytes=%d", self.client_name, self.client_addr,
-                     self.messages, self.bytes)
-            lingering_close(self.sock)
+            log.info("exiting host=%s/%s messages=%d bytes=%d%s", self.client_name, self.client_addr,
+                     self.messages, self.bytes, " (aborted)" if aborted else "")
+            if aborted:
+                self.sock.close()
+            else:
+                lingering_close(self.sock)
 
     def _message(self) -> bool:
         env = self.proto.envelope
@@ -321,6 +342,7 @@ class Session:
         try:
             if not self._send(self.proto.data_started()):
                 return False
+            self._note_stage()
             failure = []
 
             def sink(piece):

@@ -1,0 +1,150 @@
+"""Serving one smap client, in inetd mode and in the children of `smap -daemon`.
+
+What it does: the pieces both modes share (the protocol's settings and
+the session's limits from the table, what to load before the jail, the
+client's forward-confirmed name, the `hosts` rules, running the session)
+and, for `smap -daemon`, the service the prefork master (master.py)
+runs: the listeners of `listen`, what a child needs prepared (resolver,
+record types, time zone, host name), and per connection: `maxperhost`
+(421 4.7.0 beyond it, before any DNS work), the name lookup (inside the
+jail, through the resolver prepared outside it), the `hosts` rules and
+the session, which reports its SMTP stage to the child's title and slot.
+
+What it trusts: the table as root read it; nothing from the client.
+
+What it must never do: serve a client the `hosts` rules refuse, or start
+a session outside the jail when running as root.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from . import config
+from . import dns as sdns
+from .netperm import Table, check_hosts
+from .progname import pidfile_path
+from .smtp.protocol import Protocol, Settings as ProtocolSettings
+from .smtp.session import Limits, Session, lingering_close
+
+log = logging.getLogger("smapd")
+
+#: Seconds the client's name may take to look up.
+LOOKUP_LIFETIME = 10.0
+
+
+def protocol_settings(settings) -> ProtocolSettings:
+    return ProtocolSettings(hostname=settings["hostname"], maxbytes=settings["maxbytes"],
+                            maxrecip=settings["maxrecip"], errors_max=settings["errors-max"],
+                            banner=settings["banner"])
+
+
+def limits(settings) -> Limits:
+    return Limits(idle=settings["timeout"], session=settings["session-timeout"],
+                  min_rate=settings["min-data-rate"], crlf=settings["crlf"])
+
+
+def prepare_for_jail(settings) -> None:
+    """Load now what cannot be loaded inside the jail."""
+    sdns.prepare_types()
+    import time
+    time.localtime()            # the time zone, from /etc/localtime
+    "x".encode("idna")          # the codec, from the standard library
+    settings["hostname"]        # the FQDN default asks the resolver and /etc/hosts
+
+
+def make_resolver(settings):
+    return sdns.make_resolver(settings["resolver"], lifetime=LOOKUP_LIFETIME)
+
+
+def client_name(addr: str, resolver) -> str:
+    return sdns.confirmed_name(addr, resolver) or "unknown"
+
+
+def refuse(sock, result, name: str, addr: str) -> None:
+    """Send a refusal's replies and close."""
+    for why in result.log:
+        log.info("host=%s/%s refused: %s", name, addr, why)
+    try:
+        sock.settimeout(10)
+        sock.sendall(b"".join(r.render() for r in result.replies))
+    except OSError:
+        pass
+    lingering_close(sock)
+
+
+def admitted(settings, proto: Protocol, sock, name: str, addr: str) -> bool:
+    """The `hosts` rules; a refused client has had its 554 when this says False."""
+    permitted, rule = check_hosts(settings["hosts"], addr, None if name == "unknown" else name)
+    if not permitted:
+        refuse(sock, proto.refuse_client(f"deny use of gateway ({rule.where if rule else 'no hosts rule matches'})"),
+               name, addr)
+    return permitted
+
+
+def run_session(sock, proto: Protocol, settings, spool_dir: str, name: str, addr: str, observer=None) -> None:
+    Session(sock, proto, limits(settings), spool_dir, settings["hostname"], name, addr,
+            greet_delay=settings["greet-delay"], observer=observer).serve()  # closes the connection
+
+
+# ----------------------------------------------------------------------
+# smap -daemon
+
+@dataclass
+class Prepared:
+    resolver: object
+    spool_dir: str      # "/" inside the jail; the spool's path when not jailed
+
+
+class SmapService:
+    """smap's side of the master (see master.Service)."""
+
+    def __init__(self, prog: str, name: str, table: str):
+        self.prog = prog
+        self.name = name
+        self.table = table
+
+    def load(self):
+        return config.load_or_die(Table.read(self.table), config.SMAP, (self.name,)).settings
+
+    def problems(self, settings) -> list:
+        out = []
+        directory = settings["directory"]
+        if not os.path.isdir(directory):
+            out.append(f"directory {directory} ({settings.where('directory')}): not a directory")
+        for listen in settings["listen"]:
+            if listen.tls:
+                out.append(f"listen {listen} ({settings.where('listen')}): TLS listeners are not part of "
+                           "this release yet")
+        return out
+
+    def listeners(self, settings) -> list:
+        from .master import ListenSpec
+        return [ListenSpec(l.addr, l.port, "smtps" if l.tls else None) for l in settings["listen"]]
+
+    def prepare(self, settings) -> Prepared:
+        prepare_for_jail(settings)
+        jailed = os.geteuid() == 0
+        return Prepared(make_resolver(settings), "/" if jailed else os.path.abspath(settings["directory"]))
+
+    def serve(self, conn, addr: str, tag, prepared: Prepared, child) -> None:
+        s = child.settings
+        held = child.sessions_from(addr)
+        if held > s["maxperhost"]:
+            proto = Protocol(protocol_settings(s), "unknown", addr)
+            refuse(conn, proto.too_many_connections(s["maxperhost"]), "unknown", addr)
+            return
+        name = client_name(addr, prepared.resolver)
+        proto = Protocol(protocol_settings(s), name, addr)
+        if admitted(s, proto, conn, name, addr):
+            run_session(conn, proto, s, prepared.spool_dir, name, addr, observer=child.stage)
+
+
+def daemon_main(settings, prog: str, name: str, table: str, args) -> int:
+    from .master import Master
+    detached = not (args.foreground or args.debug)
+    master = Master(SmapService(prog, name, table), settings, args.foreground, args.debug, args.allow_root,
+                    pidfile_path(settings, args.pidfile, detached), settings["scoreboard"])
+    return master.start()
