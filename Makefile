@@ -1,5 +1,5 @@
 # The smapd suite.  The README's two commands:
-#   make run    install into .venv and start the demo: smap on 127.0.0.1:$(PORT), smapd, maildrop
+#   make run    install into .venv and start the demo: smap -daemon on 127.0.0.1:$(PORT), smapd, maildrop
 #   make test   install what the tests need and run them
 PYTHON  ?= python3
 VENV    := .venv
@@ -40,7 +40,7 @@ run: venv $(RUNDIR)/netperm-table
 	    echo "*** WARNING: not root: smap cannot chroot or drop privileges; this demo runs it as $$(id -un)."; \
 	    echo "*** Never run smap like this in production."; fi
 	@echo
-	@echo "smap listens on 127.0.0.1:$(PORT) (one smap per connection, as inetd starts it); smapd"
+	@echo "smap -daemon listens on 127.0.0.1:$(PORT) (a prefork master and its children); smapd"
 	@echo "hands each spooled message to 'smapctl maildrop', which delivers into $(RUNDIR)/maildir/."
 	@echo "Send a message:"
 	@echo "    swaks --server 127.0.0.1:$(PORT) --from you@example.org --to postmaster@example.org"
@@ -49,7 +49,7 @@ run: venv $(RUNDIR)/netperm-table
 	@echo
 	@$(VBIN)/smapd -d $$([ "$$(id -u)" = 0 ] && echo --allow-root) --config $(RUNDIR)/netperm-table & \
 	smapd=$$!; trap 'kill $$smapd 2>/dev/null; wait $$smapd' EXIT INT TERM; \
-	$(VBIN)/python tools/minetd 127.0.0.1 $(PORT) -- $(CURDIR)/$(VBIN)/smap -d --config $(RUNDIR)/netperm-table
+	$(VBIN)/smap -daemon -d --config $(RUNDIR)/netperm-table
 
 deps:
 	sh tools/install-deps

@@ -237,9 +237,10 @@ def test_missing_table_and_usage():
     assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
 
 
-def test_sample_table_is_clean():
+@pytest.mark.parametrize("sample", ["netperm-table.sample", "netperm-table.standalone"])
+def test_sample_table_is_clean(sample):
     from conftest import ROOT
-    path = os.path.join(ROOT, "etc", "netperm-table.sample")
+    path = os.path.join(ROOT, "etc", sample)
     code, lines = check("-n", "--config", path)
     assert (code, lines) == (0, [f"{path}: 0 errors, 0 warnings"])
 

@@ -62,6 +62,8 @@ try:  # imported now: after the privilege drop the interpreter's files may be ou
 except ImportError:  # pragma: no cover - a declared dependency
     _setproctitle = None
 
+#: The signals the master handles (through its wakeup pipe).
+MASTER_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGCHLD}
 #: Seconds the master sleeps at most between two looks at the pool.
 TICK = 1.0
 #: Seconds children get to end after a fast stop before they are killed.
@@ -185,8 +187,9 @@ def _parent_death_signal(signum: int) -> None:
 class Child:
     """A forked child: jail, then one connection at a time."""
 
-    def __init__(self, master: "Master", slot: int):
+    def __init__(self, master: "Master", slot: int, sigmask=()):
         self.master = master
+        self.sigmask = sigmask
         self.board = master.board
         self.slot = slot
         self.service = master.service
@@ -245,6 +248,7 @@ class Child:
         for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.sigmask)  # blocked by the master around fork
         title(f"{self.prog}: idle")
         s = self.settings
         if m.jail is not None:
@@ -451,8 +455,7 @@ class Master:
         # Children hold the read end; it reads end-of-file once the master is gone.
         self.alive_r, self.alive_w = os.pipe2(os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
-                    signal.SIGCHLD):
+        for sig in MASTER_SIGNALS:
             signal.signal(sig, lambda n, f: None)  # the wakeup fd carries the number
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
@@ -629,15 +632,21 @@ class Master:
         # Claimed before the fork: the child may mark itself idle before
         # the master runs again.
         self.board.claim(slot, 0, self.generation)
+        # Signals wait until the child has its own handlers: with the
+        # master's, a TERM meant for the newborn child would be written to
+        # the master's wakeup pipe and stop the whole server.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
         try:
             pid = os.fork()
         except OSError as e:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self.board.release(slot)
             log.error("fork: %s", e.strerror)
             self.next_spawn = time.monotonic() + 1.0
             return False
         if pid == 0:
-            Child(self, slot).run()  # never returns
+            Child(self, slot, mask).run()  # never returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.board.set_pid(slot, pid)
         self.kids[pid] = Kid(slot, self.generation)
         return True

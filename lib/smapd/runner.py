@@ -59,8 +59,11 @@ def context(settings) -> deliver.Context:
 
 
 class Runner:
-    def __init__(self, settings, reload=None, prog="smapd"):
+    def __init__(self, settings, reload=None, prog="smapd", close_in_children=()):
         self.settings = settings
+        #: Descriptors a delivery child must not keep (the pid file's: its
+        #: flock would outlive smapd in a child that is still delivering).
+        self.close_in_children = tuple(close_in_children)
         self.reload_settings = reload   # callable giving new settings, or raising ConfigError
         self.prog = prog
         self.children = {}              # pid -> spool file name
@@ -182,6 +185,8 @@ class Runner:
                     signal.signal(s, signal.SIG_IGN)
                 os.close(self.wake_r)
                 os.close(self.wake_w)
+                for fd in self.close_in_children:
+                    os.close(fd)
                 _title(f"{self.prog}: delivering {name[len(queue.READY_PREFIX):]}")
                 code = deliver.deliver(name, ctx)
             except BaseException:

@@ -89,7 +89,13 @@ class Scoreboard:
         """A new, zeroed scoreboard file (root's, mode 0640: it names the
         clients being served), never through a symlink."""
         size = cls.size_for(slots)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        # A new file, not the old one truncated: children of a master that
+        # was killed may still have the old one mapped and write into it.
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         try:
             os.ftruncate(fd, size)
             mm = _map_shared(fd, size)

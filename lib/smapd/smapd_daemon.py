@@ -79,7 +79,8 @@ def main(settings, prog: str, name: str, table: str, debug: bool, allow_root: bo
                      settings["baddir"], spool)
         return EXIT_RUNTIME
     try:
-        return runner.Runner(settings, lambda: runner.load(table, name), prog).run()
+        return runner.Runner(settings, lambda: runner.load(table, name), prog,
+                             close_in_children=[pidfile.fd] if pidfile else []).run()
     except Exception:
         logger.exception("internal error")
         return EXIT_RUNTIME
