@@ -352,6 +352,19 @@ def _greets(d, port, banner):
     return None
 
 
+def test_usr1_reopens_the_log_and_replaces_the_children(daemon):
+    d = daemon("smap: minspare 2\nsmap: maxspare 2\n")
+    d.wait_idle(2)
+    old = set(d.kids())
+    d.signal(signal.SIGUSR1)
+    d.syslog.wait(r"log reopened; replacing the children")
+    wait_for(lambda: not (old & set(d.kids())) and d.count(IDLE) == 2, what="new children")
+    s = d.connect()
+    assert s.reply()[0] == 220
+    transaction(s)
+    d.syslog.wait(r"bytes=\d+ from=<a@example.org>")  # the new children log through the new socket
+
+
 def test_term_lets_a_session_in_data_complete(daemon):
     d = daemon("smap: minspare 2\n")
     d.wait_idle(2)

@@ -19,7 +19,6 @@ import re
 import shutil
 import signal
 import smtplib
-import socket
 import subprocess
 
 import pytest

@@ -21,6 +21,7 @@ import os
 import socket
 
 from . import log as slog
+from .netperm import client_address
 from .privsep import EXIT_BOOT, PrivsepError, enter_jail, resolve_ids
 from .progname import EXIT_OK, EXIT_RUNTIME
 from .serve import admitted, client_name, make_resolver, prepare_for_jail, protocol_settings, refuse, run_session
@@ -38,7 +39,7 @@ def serve_inetd(settings, prog: str, debug: bool = False, allow_root: bool = Fal
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         logger.error("standard input is not a TCP socket")
         return EXIT_RUNTIME
-    addr = peer[0]
+    addr = str(client_address(peer[0]))
     name = client_name(addr, make_resolver(settings))
     proto = Protocol(protocol_settings(settings), name, addr)
     if not admitted(settings, proto, sock, name, addr):

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from . import log as slog
-from .netperm import ConfigError
+from .netperm import ConfigError, client_address
 from .pidfile import PidFile
 from .privsep import EXIT_BOOT, PrivsepError, enter_jail
 from .progname import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME
@@ -123,10 +123,7 @@ class Service:
 
 def peer_address(sockaddr) -> str:
     """The client's address as text, IPv4-mapped IPv6 written as IPv4."""
-    addr = sockaddr[0]
-    if addr.startswith("::ffff:") and "." in addr:
-        return addr[7:]
-    return addr.split("%", 1)[0]
+    return str(client_address(sockaddr[0]))
 
 
 def bind(spec: ListenSpec) -> list:
