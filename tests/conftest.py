@@ -6,6 +6,7 @@ The tests use the programs as an operator does: the commands installed by
 component that is missing fails the test; nothing is skipped for it.
 """
 
+import grp
 import os
 import re
 import shutil
@@ -338,3 +339,187 @@ def children(ppid):
             if int(fields[1]) == ppid:
                 out.append(int(d))
     return out
+
+
+# ------------------------------------------------------------ smap -daemon
+
+class Daemon:
+    """`smap -daemon -f` (as root) with a table of the test's own: `extra`
+    lines appended, `listen` specs (default: 127.0.0.1 and a free port)."""
+
+    def __init__(self, base, dns_port, extra="", listen=None):
+        self.base = base
+        self.spool = make_spool(base / "spool")
+        self.port = free_port()
+        self.table = base / "netperm-table"
+        self.pidfile = base / "smap.pid"
+        self.scoreboard = base / "smap.scoreboard"
+        self.syslog = Syslog(base / "log")
+        self.dns_port = dns_port
+        self.proc = None
+        self.write_table(extra, listen)
+
+    def write_table(self, extra="", listen=None):
+        group = grp.getgrgid(nobody_ids()[1]).gr_name
+        listen = listen or [f"127.0.0.1:{self.port}"]
+        text = (f"smap: directory {self.spool}\nsmap: hostname test.example\n"
+                f"smap: resolver 127.0.0.1:{self.dns_port}\nsmap: userid nobody\nsmap: groupid {group}\n"
+                f"smap: pidfile {self.pidfile}\nsmap: scoreboard {self.scoreboard}\n"
+                f"smap: log-socket {self.base / 'log'}\n"
+                + "".join(f"smap: listen {spec}\n" for spec in listen) + extra)
+        self.table.write_text(text)
+
+    def start(self, *args):
+        self.proc = subprocess.Popen([command("smap"), "-daemon", "-f", "--config", str(self.table), *args],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.syslog.wait(r"started: listening on")
+        self.master = int(wait_for(lambda: self.pidfile.read_text().strip(), what="the pid file"))
+        assert self.master == self.proc.pid
+        return self
+
+    def log(self):
+        return "\n".join(self.syslog.read())
+
+    def kids(self):
+        return children(self.master)
+
+    def board(self):
+        from smapd.scoreboard import Scoreboard
+        return Scoreboard.open_readonly(str(self.scoreboard))
+
+    def count(self, state):
+        b = self.board()
+        try:
+            return b.count(state)
+        finally:
+            b.close()
+
+    def wait_idle(self, n, at_least=False):
+        from smapd.scoreboard import IDLE
+
+        def ok():
+            idle, kids = self.count(IDLE), len(self.kids())
+            return (idle >= n) if at_least else (idle == n and kids == n)
+        wait_for(ok, timeout=20, what=f"{n} idle children")
+
+    def connect(self, addr="127.0.0.1", port=None):
+        return Smtp(socket.create_connection((addr, port or self.port), timeout=30))
+
+    def signal(self, sig):
+        os.kill(self.master, sig)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()
+        self.syslog.close()
+
+
+@pytest.fixture
+def daemon(tmp_path, loopback_dns):
+    started = []
+
+    def make(extra="", listen=None, start=True):
+        d = Daemon(tmp_path / f"d{len(started)}", loopback_dns, extra, listen) if started else \
+            Daemon(tmp_path, loopback_dns, extra, listen)
+        started.append(d)
+        return d.start() if start else d
+    yield make
+    for d in started:
+        d.stop()
+        for pid in d.kids() if d.proc else ():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# ------------------------------------------------------------------ TLS
+
+class Pki:
+    """Throw-away certificates made with `smapctl mkcert`: a CA, a server
+    certificate for test.example/localhost/127.0.0.1, a client certificate,
+    its twin (same subject, another key), and a stranger signed by another
+    CA.  `X.pem` holds key and certificate, `X.crt` the certificate only."""
+
+    def __init__(self, base):
+        self.base = base
+
+        def mk(name, *args):
+            r = run("smapctl", "mkcert", "--key", "ec:p256", *args, str(base / f"{name}.pem"))
+            assert r.returncode == 0, r.stderr
+            text = (base / f"{name}.pem").read_text()
+            (base / f"{name}.crt").write_text(text[text.index("-----BEGIN CERTIFICATE-----"):])
+        mk("ca", "--make-ca", "--cn", "smapd test CA")
+        mk("other-ca", "--make-ca", "--cn", "another CA")
+        mk("server", "--ca", str(base / "ca.pem"), "--cn", "test.example",
+           "--san", "DNS:test.example,DNS:localhost,IP:127.0.0.1")
+        mk("client", "--ca", str(base / "ca.pem"), "--client", "--subject", "/O=smapd tests/CN=client.example.test")
+        mk("client-twin", "--ca", str(base / "ca.pem"), "--client",
+           "--subject", "/O=smapd tests/CN=client.example.test")
+        mk("stranger", "--ca", str(base / "other-ca.pem"), "--client", "--cn", "stranger.example.test")
+
+    def __getattr__(self, name):
+        """pki.server_pem, pki.ca_crt ... -> the path as text."""
+        stem, _, ext = name.rpartition("_")
+        path = self.base / f"{stem.replace('_', '-')}.{ext}"
+        if ext not in ("pem", "crt") or not path.exists():
+            raise AttributeError(name)
+        return str(path)
+
+    def client_context(self, cert=None, verify=True):
+        """An ssl client context trusting the test CA, with a client certificate."""
+        import ssl
+        ctx = ssl.create_default_context(cafile=self.ca_crt)
+        if not verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if cert:
+            ctx.load_cert_chain(getattr(self, f"{cert.replace('-', '_')}_pem"))
+        return ctx
+
+
+@pytest.fixture(scope="session")
+def pki():
+    import tempfile
+    from pathlib import Path
+    d = Path(tempfile.mkdtemp(prefix="smapd-pki-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    yield Pki(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def run_testssl(args):
+    """testssl.sh's protocol, cipher-category, renegotiation and compression checks."""
+    r = subprocess.run(["testssl", "--quiet", "--color", "0", "--warnings", "off", "--ip", "one", "-p", "-s", "-R",
+                        "-C", *args], capture_output=True, text=True, timeout=300)
+    assert "Done" in r.stdout, r.stdout + r.stderr
+    return r.stdout
+
+
+def assert_strong_tls(out):
+    """What testssl.sh must say of a server of this suite."""
+    lines = {}
+    for line in out.splitlines():
+        m = re.match(r"^ (\S.*?) {2,}(\S.*)$", line)
+        if m:
+            lines[m.group(1).strip()] = m.group(2).strip()
+
+    def said(key):
+        return lines[key] if key in lines else next(v for k, v in lines.items() if k.startswith(key))
+    for proto in ("SSLv2", "SSLv3", "TLS 1 ", "TLS 1.1"):
+        key = proto.strip()
+        assert said(key).startswith("not offered"), (key, out)
+    assert said("TLS 1.2").startswith("offered") and said("TLS 1.3").startswith("offered")
+    for weak in ("NULL ciphers", "Anonymous NULL", "Export ciphers", "LOW: 64 Bit", "Triple DES",
+                 "Obsolete CBC"):
+        assert said(weak).startswith("not offered"), (weak, out)
+    assert said("Strong encryption (AEAD ciphers)").startswith("offered")
+    assert said("Secure Client-Initiated Renegotiation").startswith("not vulnerable")
+    assert said("CRIME, TLS").startswith("not vulnerable")

@@ -2,7 +2,6 @@
 root on high ports, checked from /proc, the scoreboard, the spool, the
 log and what SMTP clients see."""
 
-import grp
 import os
 import re
 import signal
@@ -13,104 +12,11 @@ import time
 
 import pytest
 
-from conftest import Smtp, Syslog, children, command, free_port, make_spool, nobody_ids, proc_status, wait_for
+from conftest import Daemon, command, free_port, nobody_ids, proc_status, wait_for
 from smapd import queue
-from smapd.scoreboard import BUSY, FREE, IDLE, Scoreboard
+from smapd.scoreboard import BUSY, FREE, IDLE
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the master binds, chroots and drops privileges as root")
-
-
-class Daemon:
-    """`smap -daemon -f` with a table of the test's own."""
-
-    def __init__(self, base, dns_port, extra="", listen=None):
-        self.base = base
-        self.spool = make_spool(base / "spool")
-        self.port = free_port()
-        self.table = base / "netperm-table"
-        self.pidfile = base / "smap.pid"
-        self.scoreboard = base / "smap.scoreboard"
-        self.syslog = Syslog(base / "log")
-        self.dns_port = dns_port
-        self.proc = None
-        self.write_table(extra, listen)
-
-    def write_table(self, extra="", listen=None):
-        group = grp.getgrgid(nobody_ids()[1]).gr_name
-        listen = listen or [f"127.0.0.1:{self.port}"]
-        text = (f"smap: directory {self.spool}\nsmap: hostname test.example\n"
-                f"smap: resolver 127.0.0.1:{self.dns_port}\nsmap: userid nobody\nsmap: groupid {group}\n"
-                f"smap: pidfile {self.pidfile}\nsmap: scoreboard {self.scoreboard}\n"
-                f"smap: log-socket {self.base / 'log'}\n"
-                + "".join(f"smap: listen {spec}\n" for spec in listen) + extra)
-        self.table.write_text(text)
-
-    def start(self, *args):
-        self.proc = subprocess.Popen([command("smap"), "-daemon", "-f", "--config", str(self.table), *args],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.syslog.wait(r"started: listening on")
-        self.master = int(wait_for(lambda: self.pidfile.read_text().strip(), what="the pid file"))
-        assert self.master == self.proc.pid
-        return self
-
-    def log(self):
-        return "\n".join(self.syslog.read())
-
-    def kids(self):
-        return children(self.master)
-
-    def board(self):
-        return Scoreboard.open_readonly(str(self.scoreboard))
-
-    def count(self, state):
-        b = self.board()
-        try:
-            return b.count(state)
-        finally:
-            b.close()
-
-    def wait_idle(self, n, at_least=False):
-        def ok():
-            idle, kids = self.count(IDLE), len(self.kids())
-            return (idle >= n) if at_least else (idle == n and kids == n)
-        wait_for(ok, timeout=20, what=f"{n} idle children")
-
-    def connect(self, addr="127.0.0.1", port=None):
-        return Smtp(socket.create_connection((addr, port or self.port), timeout=30))
-
-    def signal(self, sig):
-        os.kill(self.master, sig)
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc and self.proc.stderr:
-            self.proc.stderr.close()
-        self.syslog.close()
-
-
-@pytest.fixture
-def daemon(tmp_path, loopback_dns):
-    started = []
-
-    def make(extra="", listen=None, start=True):
-        d = Daemon(tmp_path / f"d{len(started)}", loopback_dns, extra, listen) if started else \
-            Daemon(tmp_path, loopback_dns, extra, listen)
-        started.append(d)
-        return d.start() if start else d
-    yield make
-    for d in started:
-        d.stop()
-        for pid in d.kids() if d.proc else ():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def transaction(s, body=b"Subject: t\r\n\r\nhello\r\n", helo="client.example.test", quit=True):

@@ -97,10 +97,17 @@ def confirmed_name(addr, resolver: dns.resolver.Resolver, lifetime: float = None
     trailing dot), or None: no PTR, DNS trouble, or no PTR name whose
     A/AAAA records contain the address.  All look-ups together take at
     most `lifetime` seconds (the resolver's own by default)."""
+    return lookup_client(addr, resolver, lifetime)[0]
+
+
+def lookup_client(addr, resolver: dns.resolver.Resolver, lifetime: float = None):
+    """(confirmed name or None, paranoid): `paranoid` is True when the
+    address has PTR names but none of them leads back to it (TCP
+    wrappers' PARANOID); DNS trouble is not paranoia."""
     try:
         a = client_address(addr)
     except ValueError:
-        return None
+        return None, False
     deadline = time.monotonic() + (resolver.lifetime if lifetime is None else lifetime)
 
     def resolve(qname, rtype):
@@ -113,19 +120,23 @@ def confirmed_name(addr, resolver: dns.resolver.Resolver, lifetime: float = None
     try:
         ptr = resolve(dns.reversename.from_address(str(a)), "PTR")
     except (dns.exception.DNSException, OSError, ValueError):
-        return None
+        return None, False
+    paranoid = True
     for rr in list(ptr)[:MAX_PTR_NAMES]:
         name = rr.target
         try:
             answer = resolve(name, rtype)
         except dns.exception.Timeout:
-            return None
+            return None, False
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            continue
         except (dns.exception.DNSException, OSError, ValueError):
+            paranoid = False  # trouble, not a lie
             continue
         for fwd in answer:
             try:
                 if ipaddress.ip_address(fwd.address) == a:
-                    return name.to_text(omit_final_dot=True).lower()
+                    return name.to_text(omit_final_dot=True).lower(), False
             except ValueError:
                 continue
-    return None
+    return None, paranoid

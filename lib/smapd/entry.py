@@ -5,9 +5,8 @@ smapd, stunnel 3.x style for ssl-gw), finds the names it reads the table
 under and loads its settings, exiting 2 with file:line on any error.
 smap without -daemon then serves one session in inetd mode (inetd.py),
 with -daemon it starts the prefork master (serve.py, master.py); smapd
-runs its daemon (smapd_daemon.py, runner.py).  ssl-gw's TLS relay
-arrives in its own module; until then it says so and exits 1 rather
-than pretend.
+runs its daemon (smapd_daemon.py, runner.py); ssl-gw relays one
+connection in inetd mode or runs the master with -d (sslgw.py).
 
 What it trusts: argv and the environment.
 
@@ -36,14 +35,12 @@ def _fwtk_parser(prog: str, daemon_flag: bool) -> argparse.ArgumentParser:
     p.add_argument("--allow-root", action="store_true", help="let userid or groupid be 0 (refused otherwise)")
     p.add_argument("--config", metavar="FILE", help="the netperm-table")
     p.add_argument("--pidfile", metavar="FILE", help="the daemon's pid file (overrides the table's pidfile)")
+    if daemon_flag:
+        p.add_argument("--smtps", action="store_true",
+                       help="inetd mode: the connection begins with TLS (an smtps service, port 465)")
     p.add_argument("-V", "--version", action="version", version=f"{prog} (smapd suite) {__version__}")
     p.add_argument("name", nargs="?", help="read the table's lines for NAME instead of the program's name")
     return p
-
-
-def _not_yet(prog: str, what: str) -> int:
-    print(f"{prog}: configuration read without error; {what} is not part of this release yet", file=sys.stderr)
-    return EXIT_RUNTIME
 
 
 def _fwtk_start(argv, program: str, daemon_flag: bool, refusal: bytes = None):
@@ -76,7 +73,7 @@ def smap_main(argv=None) -> int:
         name = invoked_name(sys.argv[0] if argv is None else argv[0], args.name)
         return serve.daemon_main(settings, prog, name, table_path(args.config), args)
     from . import inetd
-    return inetd.main(settings, prog, args.debug, args.allow_root)
+    return inetd.main(settings, prog, args.debug, args.allow_root, args.smtps)
 
 
 def smapd_main(argv=None) -> int:
@@ -91,7 +88,7 @@ def smapd_main(argv=None) -> int:
 STUNNEL_OPTS = "d:r:p:v:A:a:s:g:N:P:fD:o:t:C:hV"
 
 SSLGW_USAGE = """\
-usage: ssl-gw [-h] [-V] [--config table] [-p pemfile] [-v level] [-A certfile] [-a directory]
+usage: ssl-gw [-h] [-V] [--config table] [--allow-root] [-p pemfile] [-v level] [-A certfile] [-a directory]
               [-s user] [-g group] [-t timeout] [-N service] [-f] [-P pidfile]
               [-D level] [-o file] [-C cipherlist] [-d [host:]port] -r [host:]port
 """
@@ -100,12 +97,24 @@ usage: ssl-gw [-h] [-V] [--config table] [-p pemfile] [-v level] [-A certfile] [
 def sslgw_main(argv=None) -> int:
     argv = sys.argv if argv is None else argv
     prog = os.path.basename(argv[0]) or SSLGW
-    try:
-        opts, rest = getopt.getopt(argv[1:], STUNNEL_OPTS, ["config="])
-    except getopt.GetoptError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        print(SSLGW_USAGE, end="", file=sys.stderr)
+    daemon_mode = any(a.startswith("-d") for a in argv[1:])
+    inetd = not daemon_mode and silence_inetd_output(prog)
+
+    def report(message: str, usage: bool = True) -> int:
+        # stunnel prints its usage and exits 1; under inetd only the log can tell.
+        if inetd:
+            from . import log
+            log.setup(prog).error("bad arguments %s: %s", " ".join(argv[1:]), message)
+        else:
+            print(f"{prog}: {message}", file=sys.stderr)
+            if usage:
+                print(SSLGW_USAGE, end="", file=sys.stderr)
         return EXIT_RUNTIME
+
+    try:
+        opts, rest = getopt.getopt(argv[1:], STUNNEL_OPTS, ["config=", "allow-root"])
+    except getopt.GetoptError as e:
+        return report(str(e))
     o = dict(opts)
     if "-h" in o:
         print(SSLGW_USAGE, end="")
@@ -114,22 +123,30 @@ def sslgw_main(argv=None) -> int:
         print(f"{prog} (smapd suite) {__version__}")
         return 0
     if rest:
-        print(f"{prog}: unexpected argument {rest[0]!r}", file=sys.stderr)
-        print(SSLGW_USAGE, end="", file=sys.stderr)
-        return EXIT_RUNTIME
+        return report(f"unexpected argument {rest[0]!r}")
     if "-r" not in o:
-        print(f"{prog}: the -r option must be used", file=sys.stderr)
-        return EXIT_RUNTIME
-    service = o.get("-N") or _service_name(o["-r"])
+        return report("the -r option must be used")
+    if "-D" in o and o["-D"] not in [str(i) for i in range(8)]:
+        return report(f"-D {o['-D']}: the debug level is 0 to 7")
+    from . import config, sslgw
+    from .netperm import ConfigError, Table
+    service = o.get("-N") or sslgw.service_name(o["-r"])
     names = tuple(dict.fromkeys((prog, SSLGW, service)))
-    load_settings(SSLGW, names, table_path(o.get("--config")), prog)
-    return _not_yet(prog, "the TLS relay")
-
-
-def _service_name(remote: str) -> str:
-    """stunnel's TCP-wrappers service name: `-r imap` gives `imap`,
-    `-r localhost:143` gives `localhost.143`."""
-    return remote.replace(":", ".")
+    path = table_path(o.get("--config"))
+    try:
+        loaded = config.load_or_die(Table.read(path), SSLGW, names)
+        errors = sslgw.apply_options(loaded.settings, o)
+        if errors:
+            raise ConfigError(errors)
+    except ConfigError as e:
+        for d in e.diagnostics:
+            report(str(d), usage=False)
+        # A bad letter is stunnel's usage error (1); a table error is ours (2).
+        return EXIT_RUNTIME if all(d.file == "command line" for d in e.diagnostics) else EXIT_CONFIG
+    allow_root = "--allow-root" in o
+    if daemon_mode:
+        return sslgw.daemon_main(loaded.settings, prog, names, path, o, service, allow_root)
+    return sslgw.inetd_main(loaded.settings, prog, service, o, allow_root)
 
 
 def _run(main):

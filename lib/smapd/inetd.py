@@ -3,10 +3,12 @@
 What it does, in this order, once entry.py has read the table under the
 invoked name: connects the log, looks up the client's forward-confirmed name, applies
 the `hosts` rules, prepares what the jail lacks (DNS record types, the
-time zone, the host name), chroots into the spool and drops to
-`userid`/`groupid` with no other group (verified), serves one SMTP
-session (smtp/session.py) and exits.  Started by a non-root user (a test, `make run`) it cannot jail
-itself: it says so loudly in the log and serves from the spool directory.
+time zone, the host name, the TLS context of `ssl`, whose key is root's),
+chroots into the spool and drops to `userid`/`groupid` with no other group
+(verified), serves one SMTP session (smtp/session.py; with `--smtps` it
+begins with the TLS handshake) and exits.  Started by a non-root user (a
+test) it cannot jail itself: it says so loudly in the log and serves from
+the spool directory.
 
 What it trusts: the table, as read by root before the jail.
 
@@ -24,11 +26,12 @@ from . import log as slog
 from .netperm import client_address
 from .privsep import EXIT_BOOT, PrivsepError, enter_jail, resolve_ids
 from .progname import EXIT_OK, EXIT_RUNTIME
-from .serve import admitted, client_name, make_resolver, prepare_for_jail, protocol_settings, refuse, run_session
+from .serve import (admitted, client_name, make_resolver, prepare_for_jail, protocol_settings, refuse, run_session,
+                    tls_context)
 from .smtp.protocol import Protocol
 
 
-def serve_inetd(settings, prog: str, debug: bool = False, allow_root: bool = False) -> int:
+def serve_inetd(settings, prog: str, debug: bool = False, allow_root: bool = False, smtps: bool = False) -> int:
     logger = slog.setup(prog, settings["log-facility"], debug, settings["log-socket"])
     try:
         sock = socket.socket(fileno=os.dup(0))
@@ -46,6 +49,16 @@ def serve_inetd(settings, prog: str, debug: bool = False, allow_root: bool = Fal
         return EXIT_OK
 
     prepare_for_jail(settings)
+    try:
+        context = tls_context(settings)
+    except Exception as e:  # tls.TlsError: the file and the reason
+        logger.error("cannot serve host=%s/%s: ssl: %s", name, addr, e)
+        refuse(sock, proto.unavailable(f"ssl: {e}"), name, addr)
+        return EXIT_RUNTIME
+    if smtps and context is None:
+        logger.error("cannot serve host=%s/%s: --smtps needs ssl PEM in the table", name, addr)
+        refuse(sock, proto.unavailable("--smtps without ssl"), name, addr)
+        return EXIT_RUNTIME
     directory = settings["directory"]
     if os.geteuid() == 0:
         try:
@@ -66,15 +79,15 @@ def serve_inetd(settings, prog: str, debug: bool = False, allow_root: bool = Fal
             refuse(sock, proto.unavailable(f"spool {directory}: {e.strerror}"), name, addr)
             return EXIT_RUNTIME
         spool_dir = directory
-    run_session(sock, proto, settings, spool_dir, name, addr)
+    run_session(sock, proto, settings, spool_dir, name, addr, tls_context=context, smtps=smtps)
     return EXIT_OK
 
 
-def main(settings, prog: str, debug: bool, allow_root: bool) -> int:
+def main(settings, prog: str, debug: bool, allow_root: bool, smtps: bool = False) -> int:
     # fds 1 and 2 were silenced at start-up under inetd (entry.py); a
     # failure goes to the log.
     try:
-        return serve_inetd(settings, prog, debug, allow_root)
+        return serve_inetd(settings, prog, debug, allow_root, smtps)
     except KeyboardInterrupt:
         return EXIT_RUNTIME
     except Exception:

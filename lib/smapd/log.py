@@ -129,12 +129,23 @@ def find_syslog_socket():
 
 
 def setup(program: str, facility: str = "mail", debug: bool = False,
-          socket_path: str = None, stream=None) -> logging.Logger:
-    """Point the suite's logger at syslog (or stderr when `debug`).
+          socket_path: str = None, stream=None, logfile=None) -> logging.Logger:
+    """Point the suite's logger at syslog (or stderr when `debug`, or the
+    open file `logfile`: ssl-gw's -o, with time stamps).
 
     The syslog socket is connected here, before any chroot.  Where there
     is no syslog socket the lines go to stderr, with one line saying so.
     """
+    if logfile is not None:
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+            h.close()
+        logger.setLevel(logging.DEBUG if debug else logging.INFO)
+        logger.propagate = False
+        handler = logging.StreamHandler(logfile)
+        handler.setFormatter(_Formatter(program, stamp=True))
+        logger.addHandler(handler)
+        return logger
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()

@@ -98,7 +98,10 @@ class ListenSpec:
 
 
 class Service:
-    """What a program gives the master.  `prog` is the log and title name."""
+    """What a program gives the master.  `prog` is the log and title name.
+    Optional: `setup_log(settings, debug)` to log its own way (the
+    master calls it at start, on HUP and USR1) and `log_files()`, the
+    descriptors of that log the detached master must keep."""
 
     prog = "smap"
 
@@ -411,11 +414,12 @@ class Master:
                   file=sys.stderr)
             return EXIT_RUNTIME
         self.prepared = self.service.prepare(s)
-        logger = slog.setup(self.service.prog, s["log-facility"], self.debug, s["log-socket"])
+        logger = self.settings_log()
         if not self.foreground:
             import daemon
             keep = [sock.fileno() for socks in self.listeners.values() for sock in socks]
             keep += [h.socket.fileno() for h in logger.handlers if getattr(h, "socket", None)]
+            keep += self.service.log_files() if hasattr(self.service, "log_files") else []
             if self.pidfile:
                 keep.append(self.pidfile.fd)
             daemon.DaemonContext(working_directory="/", umask=0o022, files_preserve=keep,
@@ -429,7 +433,8 @@ class Master:
                         os.geteuid())
         log.info("started: listening on %s; children %s; minspare %d, maxspare %d, maxchildren %d",
                  ", ".join(str(sp) + ("" if sp.tag is None else f" {sp.tag}") for sp in self.listeners),
-                 "as uid %d gid %d in %s" % (self.jail[1], self.jail[2], self.jail[0]) if self.jail
+                 "as uid %d gid %d %s" % (self.jail[1], self.jail[2],
+                                          f"in {self.jail[0]}" if self.jail[0] else "(no chroot)") if self.jail
                  else "unjailed", s["minspare"], s["maxspare"], s["maxchildren"])
         try:
             return self.loop()
@@ -553,9 +558,12 @@ class Master:
                 except ProcessLookupError:
                     pass
 
-    def settings_log(self) -> None:
+    def settings_log(self):
+        """(Re)connect the log as the settings say; a service may log its own way."""
         s = self.settings
-        slog.setup(self.service.prog, s["log-facility"], self.debug, s["log-socket"])
+        if hasattr(self.service, "setup_log"):
+            return self.service.setup_log(s, self.debug)
+        return slog.setup(self.service.prog, s["log-facility"], self.debug, s["log-socket"])
 
     # ------------------------------------------------------------- pool
 

@@ -27,7 +27,7 @@ from . import dns as sdns
 from .netperm import Table, check_hosts
 from .progname import pidfile_path
 from .smtp.protocol import Protocol, Settings as ProtocolSettings
-from .smtp.session import Limits, Session, lingering_close
+from .smtp.session import Limits, Session, TlsSetup, lingering_close
 
 log = logging.getLogger("smapd")
 
@@ -38,7 +38,7 @@ LOOKUP_LIFETIME = 10.0
 def protocol_settings(settings) -> ProtocolSettings:
     return ProtocolSettings(hostname=settings["hostname"], maxbytes=settings["maxbytes"],
                             maxrecip=settings["maxrecip"], errors_max=settings["errors-max"],
-                            banner=settings["banner"])
+                            banner=settings["banner"], starttls=settings["ssl"] is not None)
 
 
 def limits(settings) -> Limits:
@@ -53,6 +53,20 @@ def prepare_for_jail(settings) -> None:
     time.localtime()            # the time zone, from /etc/localtime
     "x".encode("idna")          # the codec, from the standard library
     settings["hostname"]        # the FQDN default asks the resolver and /etc/hosts
+
+
+#: `ssl-auth` as a verify level of tls.server_context.
+SSL_AUTH_LEVELS = {"none": 0, "optional": 1, "required": 2}
+
+
+def tls_context(settings):
+    """The SSLContext of `ssl` (None without it): built as root, before the
+    jail, since the key is root's.  Raises tls.TlsError."""
+    if settings["ssl"] is None:
+        return None
+    from . import tls
+    return tls.server_context(settings["ssl"], verify=SSL_AUTH_LEVELS[settings["ssl-auth"]],
+                              ca_file=settings["ssl-ca"], system_cas=True)
 
 
 def make_resolver(settings):
@@ -84,9 +98,11 @@ def admitted(settings, proto: Protocol, sock, name: str, addr: str) -> bool:
     return permitted
 
 
-def run_session(sock, proto: Protocol, settings, spool_dir: str, name: str, addr: str, observer=None) -> None:
+def run_session(sock, proto: Protocol, settings, spool_dir: str, name: str, addr: str, observer=None,
+                tls_context=None, smtps: bool = False) -> None:
+    tls = TlsSetup(tls_context, on_connect=smtps) if tls_context is not None else None
     Session(sock, proto, limits(settings), spool_dir, settings["hostname"], name, addr,
-            greet_delay=settings["greet-delay"], observer=observer).serve()  # closes the connection
+            greet_delay=settings["greet-delay"], observer=observer, tls=tls).serve()  # closes the connection
 
 
 # ----------------------------------------------------------------------
@@ -96,6 +112,7 @@ def run_session(sock, proto: Protocol, settings, spool_dir: str, name: str, addr
 class Prepared:
     resolver: object
     spool_dir: str      # "/" inside the jail; the spool's path when not jailed
+    tls_context: object = None
 
 
 class SmapService:
@@ -114,10 +131,13 @@ class SmapService:
         directory = settings["directory"]
         if not os.path.isdir(directory):
             out.append(f"directory {directory} ({settings.where('directory')}): not a directory")
-        for listen in settings["listen"]:
-            if listen.tls:
-                out.append(f"listen {listen} ({settings.where('listen')}): TLS listeners are not part of "
-                           "this release yet")
+        if any(listen.tls for listen in settings["listen"]) and settings["ssl"] is None:
+            out.append(f"listen … smtps ({settings.where('listen')}) needs ssl PEM: TLS on accept needs a "
+                       "key and a certificate")
+        try:
+            tls_context(settings)
+        except Exception as e:  # tls.TlsError: the file and the reason
+            out.append(f"ssl ({settings.where('ssl')}): {e}")
         return out
 
     def listeners(self, settings) -> list:
@@ -127,7 +147,8 @@ class SmapService:
     def prepare(self, settings) -> Prepared:
         prepare_for_jail(settings)
         jailed = os.geteuid() == 0
-        return Prepared(make_resolver(settings), "/" if jailed else os.path.abspath(settings["directory"]))
+        return Prepared(make_resolver(settings), "/" if jailed else os.path.abspath(settings["directory"]),
+                        tls_context(settings))
 
     def serve(self, conn, addr: str, tag, prepared: Prepared, child) -> None:
         s = child.settings
@@ -139,7 +160,8 @@ class SmapService:
         name = client_name(addr, prepared.resolver)
         proto = Protocol(protocol_settings(s), name, addr)
         if admitted(s, proto, conn, name, addr):
-            run_session(conn, proto, s, prepared.spool_dir, name, addr, observer=child.stage)
+            run_session(conn, proto, s, prepared.spool_dir, name, addr, observer=child.stage,
+                        tls_context=prepared.tls_context, smtps=tag == "smtps")
 
 
 def daemon_main(settings, prog: str, name: str, table: str, args) -> int:

@@ -6,7 +6,10 @@ program of the suite and the files and accounts it names (see check.py);
 (queuectl.py); `smapctl maildrop` is the demo's local delivery agent
 (maildrop.py).
 `smapctl stats` prints the scoreboard of a running master.
-mkcert and passwd join them as the programs they administer land.
+`smapctl mkcert` makes a key and its certificate in one PEM file, as
+stunnel's `make stunnel.pem` did, and `smapctl certinfo` describes the
+certificates of PEM files (certs.py).
+passwd joins them as the program it administers lands.
 
 What it trusts: the operator who runs it.
 
@@ -91,6 +94,32 @@ def cmd_maildrop(args) -> int:
     return maildrop.main(args.directory, args.sendmail_args)
 
 
+def cmd_mkcert(args) -> int:
+    from . import certs
+    return certs.mkcert(args.output, cn=args.cn, subject=args.subject,
+                        sans=[name for names in args.san for name in names], days=args.days, key_spec=args.key,
+                        ca_path=args.ca, make_ca=args.make_ca, client=args.client, force=args.force,
+                        out=sys.stdout, err=sys.stderr)
+
+
+def cmd_certinfo(args) -> int:
+    from . import certs
+    return certs.certinfo(args.files, sys.stdout, sys.stderr)
+
+
+def _cert_argument(parse: str):
+    """An argparse type made of a parser in certs.py, imported only when
+    an argument needs it (cryptography is slow to load, and `check` and
+    `queue` have no use for it); its ValueError becomes a usage error."""
+    def convert(text):
+        from . import certs
+        try:
+            return getattr(certs, parse)(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e))
+    return convert
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smapctl", description="administer the smapd suite")
     p.add_argument("-V", "--version", action="version", version=f"smapctl (smapd suite) {__version__}")
@@ -132,6 +161,38 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("directory", metavar="DIR")
     m.add_argument("sendmail_args", nargs=argparse.REMAINDER, metavar="-oi -f SENDER -- RCPT…")
     m.set_defaults(func=cmd_maildrop)
+    mk = sub.add_parser("mkcert", help="make a private key and its certificate in one PEM file",
+                        description="Make a private key and a certificate for it, self-signed or signed by "
+                                    "--ca, and write both, the key first, into a new file of mode 0600 "
+                                    "(stunnel's stunnel.pem).")
+    mk.add_argument("--cn", metavar="NAME", type=_cert_argument("parse_cn"),
+                    help="the subject's common name (default: this host's FQDN; with --make-ca, 'FQDN CA')")
+    mk.add_argument("--subject", metavar="/TYPE=VALUE/…", type=_cert_argument("parse_subject"),
+                    help="the whole subject in OpenSSL's one-line form, e.g. /C=DE/O=Example/CN=mail.example.org "
+                         "(overrides --cn)")
+    mk.add_argument("--san", metavar="TYPE:NAME[,…]", type=_cert_argument("parse_san"), action="append",
+                    default=[], help="subject alternative names: DNS:name, IP:address, email:address, URI:uri "
+                                     "(repeatable; default for a server certificate: its CN when it is a host "
+                                     "name or an address)")
+    mk.add_argument("--days", metavar="N", type=_cert_argument("parse_days"), default=365,
+                    help="how long the certificate is valid (default: 365)")
+    mk.add_argument("--key", metavar="TYPE", type=_cert_argument("parse_key_spec"), default="rsa:2048",
+                    help="rsa:2048, rsa:3072, rsa:4096, ec:p256 or ec:p384 (default: rsa:2048)")
+    mk.add_argument("--ca", metavar="CA.pem", help="sign with the CA key and certificate of this file "
+                                                   "instead of self-signing")
+    kind = mk.add_mutually_exclusive_group()
+    kind.add_argument("--make-ca", action="store_true", help="make a CA certificate (keyCertSign, cRLSign)")
+    kind.add_argument("--client", action="store_true", help="make a client certificate (clientAuth "
+                                                            "instead of serverAuth)")
+    mk.add_argument("--force", action="store_true", help="replace an existing file (never a symbolic link)")
+    mk.add_argument("output", metavar="OUT.pem")
+    mk.set_defaults(func=cmd_mkcert)
+    ci = sub.add_parser("certinfo", help="describe the certificates and keys of PEM files",
+                        description="Describe every certificate of each file (names, validity, key, usage, "
+                                    "SHA-256 fingerprint), and say whether the file's private key is the "
+                                    "certificate's. Keys are never printed.")
+    ci.add_argument("files", nargs="+", metavar="PEM")
+    ci.set_defaults(func=cmd_certinfo)
     return p
 
 

@@ -2,8 +2,8 @@
 
 What it does: takes events (the connection opened, one command line, the
 end of a message, the spool's verdict, a time-out) and returns what to do:
-replies to send, whether to read a message, spool it, pause (tarpit) or
-close.  Replies follow RFC 5321 with RFC 3463 enhanced status codes; the
+replies to send, whether to read a message, spool it, start TLS, pause
+(tarpit) or close.  Replies follow RFC 5321 with RFC 3463 enhanced status codes; the
 reply of each situation is written here once.
 
 What it trusts: nothing the client sends.  The session layer
@@ -70,7 +70,7 @@ class Settings:
     maxrecip: int = 100
     errors_max: int = 20
     banner: Optional[str] = None
-    starttls: bool = False   # offered (the TLS issue fills this in)
+    starttls: bool = False   # STARTTLS offered (`ssl` is set)
     auth: tuple = ()         # mechanisms offered
 
 
@@ -79,7 +79,8 @@ class Result:
     """What the session must do, in order: wait `delay` seconds, send the
     replies, then the action: None (read the next command), "data" (open
     the spool and call `data_started`), "spool" (commit and call
-    `spooled`/`spool_failed`), or "close"."""
+    `spooled`/`spool_failed`), "starttls" (send the replies, then do the
+    TLS handshake and call `tls_started`), or "close"."""
     replies: List[Reply] = field(default_factory=list)
     action: Optional[str] = None
     delay: float = 0.0
@@ -102,7 +103,10 @@ _ROUTE_RE = re.compile(rf"^@(?:{_DOMAIN}|{_LITERAL})(?:,@(?:{_DOMAIN}|{_LITERAL}
 _HELO_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _PARAM_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]*))?$")
 
-COMMANDS = ("HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP")
+COMMANDS = ("HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP", "STARTTLS")
+#: Commands after which a client must wait for the reply (RFC 2920; RFC
+#: 3207 for STARTTLS: plaintext behind it would be read as if encrypted).
+GROUP_ENDS = ("EHLO", "HELO", "DATA", "QUIT", "STARTTLS")
 
 
 def parse_path(text: str):
@@ -146,6 +150,10 @@ class Protocol:
         self.errors = 0
         self.in_data = False
         self.closed = False
+        #: TLS: the protocol version and cipher once the handshake is done,
+        #: and the verified client certificate's subject, if any.
+        self.tls: Optional[str] = None
+        self.tls_peer: Optional[str] = None
         #: Hooks for the policy checks of later issues: each returns None
         #: to go on or a Reply that refuses (with the log reason second).
         self.check_sender: Optional[Callable] = None
@@ -213,11 +221,11 @@ class Protocol:
         verb = verb.upper()
         handler = getattr(self, "_cmd_" + verb.lower(), None) if verb in COMMANDS else None
         if handler is None:
-            if verb in ("STARTTLS", "AUTH", "BDAT", "TURN", "ETRN", "ATRN"):
+            if verb in ("AUTH", "BDAT", "TURN", "ETRN", "ATRN"):
                 return self._error(reply(502, "5.5.1", f"Error: {verb} is not implemented"), f"{verb} refused")
             return self._error(reply(500, "5.5.2", "Error: command not recognized"), "unknown command")
         result = handler(arg)
-        if pipelined and verb in ("EHLO", "HELO", "DATA", "QUIT") and not result.closes:
+        if pipelined and verb in GROUP_ENDS and not result.closes:
             # RFC 2920: these commands end a pipelined group; a client that
             # sends more before their reply does not wait for replies.
             return self._close(reply(554, "5.5.0", f"Error: improper command pipelining after {verb}"),
@@ -269,7 +277,7 @@ class Protocol:
         if not esmtp:
             return Result([reply(250, "", self.s.hostname)])
         ext = ["PIPELINING", f"SIZE {self.s.maxbytes}", "8BITMIME", "ENHANCEDSTATUSCODES"]
-        if self.s.starttls:
+        if self.s.starttls and not self.tls:
             ext.append("STARTTLS")
         if self.s.auth:
             ext.append("AUTH " + " ".join(m.upper() for m in self.s.auth))
@@ -388,8 +396,37 @@ class Protocol:
     def _cmd_expn(self, arg):
         return self._error(reply(502, "5.5.1", "Error: EXPN is not implemented"), "EXPN refused")
 
+    def _cmd_starttls(self, arg):
+        if not self.s.starttls:
+            return self._error(reply(502, "5.5.1", "Error: STARTTLS is not implemented"), "STARTTLS refused")
+        if self.tls:
+            return self._error(reply(554, "5.5.1", "Error: TLS already active"), "STARTTLS inside TLS")
+        if arg.strip(" "):
+            return self._error(reply(501, "5.5.4", "Syntax: STARTTLS"), "STARTTLS with arguments")
+        return Result([reply(220, "2.0.0", "Ready to start TLS")], action="starttls")
+
+    def tls_started(self, description: str, peer: Optional[str] = None) -> Result:
+        """The handshake is done: everything said before it is forgotten
+        (RFC 3207 4.2), and STARTTLS is not offered again."""
+        self.tls, self.tls_peer = description, peer
+        self.helo, self.esmtp, self.envelope = None, False, None
+        return Result()
+
+    @property
+    def received_protocol(self) -> str:
+        """The `with` word of the Received header (RFC 3848)."""
+        if not self.esmtp:
+            return "SMTP"
+        return "ESMTP" + ("S" if self.tls else "")
+
+    def tls_failed(self, why: str) -> Result:
+        """The handshake failed: the connection cannot go on in clear."""
+        self.closed = True
+        return Result(action="close", log=[f"TLS handshake failed: {why}"])
+
     def _cmd_help(self, arg):
-        return Result([reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")])
+        extra = " STARTTLS" if self.s.starttls and not self.tls else ""
+        return Result([reply(214, "2.0.0", f"Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP{extra}")])
 
     # ------------------------------------------------------------ helpers
 

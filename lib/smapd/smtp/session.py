@@ -23,10 +23,13 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import ssl
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 from .. import spool
+from .. import tls as stls
 from .protocol import MAX_COMMAND, Protocol, Result
 
 CHUNK = 65536          # how much of one message line is held before it is written
@@ -133,19 +136,34 @@ class Framer:
         except OSError:
             raise Closed() from None
 
+    def _take_waiting(self) -> None:
+        """Move what the client has already sent into the buffer, without
+        waiting.  (Read, not peeked: a TLS socket cannot peek, and may hold
+        decrypted bytes its descriptor no longer shows.)"""
+        if self.eof:
+            return
+        tls = isinstance(self.sock, ssl.SSLSocket)
+        if not (tls and self.sock.pending()) and not _readable(self.sock, 0):
+            return
+        try:
+            self.sock.settimeout(0)
+            data = self.sock.recv(CHUNK)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return  # readable, but no whole TLS record yet
+        except OSError:
+            self.eof = True
+            return
+        if not data:
+            self.eof = True
+            return
+        self.buf += data
+        self.received += len(data)
+
     def pending(self) -> bool:
         """Is client input already waiting (buffered, or on the socket)?"""
-        if self.buf:
-            return True
-        if self.eof:
-            return False
-        if not _readable(self.sock, 0):
-            return False
-        # Readable may also mean EOF: only real bytes count.
-        try:
-            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except (BlockingIOError, OSError):
-            return False
+        if not self.buf:
+            self._take_waiting()
+        return bool(self.buf)
 
     def wait_quiet(self, seconds: float) -> bool:
         """Wait up to `seconds` for the client to stay silent (greet-delay);
@@ -158,13 +176,7 @@ class Framer:
             if left <= 0:
                 return True
             if _readable(self.sock, left):
-                return not self.pending() and not self.eof_now()
-
-    def eof_now(self) -> bool:
-        try:
-            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except (BlockingIOError, OSError):
-            return False
+                return not self.pending() and not self.eof
 
     def _find_end(self, start: int = 0):
         """(index of the line end, its length) or (-1, 0)."""
@@ -245,12 +257,23 @@ class Framer:
             self._rate_from = None
 
 
+@dataclass
+class TlsSetup:
+    """TLS for a session: the context (built before the jail) and whether
+    the connection starts with the handshake (smtps) or may ask for it
+    (STARTTLS)."""
+    context: ssl.SSLContext
+    on_connect: bool = False
+
+
 class Session:
     """Serve one SMTP connection with a Protocol, a Framer and the spool."""
 
     def __init__(self, sock, protocol: Protocol, limits: Limits, spool_dir: str, hostname: str,
-                 client_name: str, client_addr: str, greet_delay: float = 0.0, observer=None):
+                 client_name: str, client_addr: str, greet_delay: float = 0.0, observer=None,
+                 tls: Optional[TlsSetup] = None):
         self.sock = sock
+        self.tls = tls
         self.proto = protocol
         self.framer = Framer(sock, limits)
         self.spool_dir = spool_dir
@@ -290,6 +313,8 @@ class Session:
         log.info("connect host=%s/%s", self.client_name, self.client_addr)
         aborted = False
         try:
+            if self.tls and self.tls.on_connect and not self._handshake():
+                return
             if self.greet_delay and not self.framer.wait_quiet(self.greet_delay):
                 self._send(self.proto.early_talker())
                 return
@@ -305,6 +330,12 @@ class Session:
                     if not self._message():
                         return
                     self._note_stage()
+                    continue
+                if result.action == "starttls":
+                    # The protocol has refused STARTTLS with input behind it,
+                    # so nothing sent in clear can be read as encrypted.
+                    if not self._send(result) or self.framer.buf or not self._handshake():
+                        return
                     continue
                 if not self._send(result):
                     return
@@ -329,11 +360,31 @@ class Session:
             else:
                 lingering_close(self.sock)
 
+    def _handshake(self) -> bool:
+        """TLS on this connection, within the idle time-out and the session
+        deadline; False (after a log line) when it failed."""
+        left = self.framer.deadline - self.framer.clock()
+        try:
+            self.sock.settimeout(max(0.1, min(self.framer.limits.idle, left)))
+            self.sock = self.tls.context.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+            self.framer.sock = self.sock
+            self.sock.do_handshake()
+        except (OSError, ValueError) as e:  # ssl.SSLError and socket.timeout are OSErrors
+            why = "timed out" if isinstance(e, socket.timeout) else (getattr(e, "reason", None) or str(e))
+            self._send(self.proto.tls_failed(why))
+            return False
+        peer = stls.peer_subject(self.sock)
+        description = stls.describe(self.sock)
+        log.info("host=%s/%s TLS %s%s", self.client_name, self.client_addr, description,
+                 f" client={peer}" if peer else "")
+        self._send(self.proto.tls_started(description, peer))
+        return True
+
     def _message(self) -> bool:
         env = self.proto.envelope
         queue_id = spool.new_queue_id()
         header = spool.received_header(env.helo, self.client_name, self.client_addr, self.hostname,
-                                       "ESMTP" if env.esmtp else "SMTP", queue_id, env.recipients)
+                                       self.proto.received_protocol, queue_id, env.recipients)
         try:
             writer = spool.SpoolWriter(self.spool_dir, env.sender, env.recipients, header, queue_id)
         except OSError as e:
@@ -389,6 +440,12 @@ def lingering_close(sock) -> None:
     can destroy the reply before the client reads it.  Other descriptors
     may hold the connection (inetd's 0, 1 and 2), so the shutdown, not
     the close, ends it."""
+    if isinstance(sock, ssl.SSLSocket):
+        try:  # close_notify first, then the plain socket lingers below
+            sock.settimeout(LINGER)
+            sock = sock.unwrap()
+        except (OSError, ValueError):
+            pass
     try:
         sock.shutdown(socket.SHUT_WR)
         sock.settimeout(LINGER)
