@@ -6,6 +6,7 @@ The tests use the programs as an operator does: the commands installed by
 component that is missing fails the test; nothing is skipped for it.
 """
 
+import contextlib
 import grp
 import os
 import re
@@ -523,3 +524,48 @@ def assert_strong_tls(out):
     assert said("Strong encryption (AEAD ciphers)").startswith("offered")
     assert said("Secure Client-Initiated Renegotiation").startswith("not vulnerable")
     assert said("CRIME, TLS").startswith("not vulnerable")
+
+
+# ------------------------------------------------------- the machine's defaults
+
+DEFAULT_TABLE = "/usr/local/etc/netperm-table"
+
+
+@contextlib.contextmanager
+def installed_table(text):
+    """`text` as the table of programs started without --config (xinetd
+    passes none); whatever was there is put back afterwards."""
+    saved = None
+    if os.path.exists(DEFAULT_TABLE):
+        with open(DEFAULT_TABLE, "rb") as f:
+            saved = f.read()
+    os.makedirs(os.path.dirname(DEFAULT_TABLE), exist_ok=True)
+    with open(DEFAULT_TABLE, "w") as f:
+        f.write(text)
+    try:
+        yield DEFAULT_TABLE
+    finally:
+        if saved is None:
+            os.unlink(DEFAULT_TABLE)
+        else:
+            with open(DEFAULT_TABLE, "wb") as f:
+                f.write(saved)
+
+
+@contextlib.contextmanager
+def running_xinetd(tmp_path, stanzas, services):
+    """The real xinetd on `stanzas` (a list of texts), in the foreground,
+    until it says it serves `services` services."""
+    conf = tmp_path / "xinetd.conf"
+    conf.write_text("defaults\n{\n    instances = 50\n}\n\n" + "\n".join(stanzas))
+    xlog = tmp_path / "xinetd.log"
+    xinetd = subprocess.Popen(["xinetd", "-dontfork", "-f", str(conf), "-pidfile", str(tmp_path / "xinetd.pid"),
+                               "-filelog", str(xlog)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wanted = f"Started working: {services} available service{'s' if services > 1 else ''}"
+        wait_for(lambda: xlog.exists() and wanted in xlog.read_text(), what="xinetd to start")
+        yield xinetd
+    finally:
+        xinetd.send_signal(signal.SIGTERM)
+        xinetd.wait(10)
+        xinetd.stderr.close()

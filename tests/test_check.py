@@ -308,3 +308,16 @@ def test_encrypted_key_is_refused_without_a_prompt(tmp_path, table):
     assert code == 1
     assert f"{path}:2: error: smap: ssl {pem}: holds an encrypted private key: a daemon has nobody to type its " \
            "pass phrase" in lines
+
+
+def test_check_reports_what_ssl_gw_would_say_of_hosts_allow(tmp_path):
+    wrap = tmp_path / "wrap"
+    wrap.mkdir()
+    (wrap / "hosts.allow").write_text("imap: ALL : spawn (echo hi)\nbroken line\n")
+    path = tmp_path / "netperm-table"
+    path.write_text(f"ssl-gw: tcpwrappers-dir {wrap}\n")
+    code, lines = check("--config", str(path))
+    assert code == 0
+    assert f"{path}:1: warning: ssl-gw: {wrap}/hosts.allow:1: option 'spawn' is ignored (ssl-gw runs no commands)" \
+        in lines
+    assert any(line.startswith(f"{path}:1: warning: ssl-gw: {wrap}/hosts.allow:2: missing ':'") for line in lines)

@@ -118,3 +118,45 @@ def test_smapd_rc_script(tmp_path, public_tmp):
         if pidfile.exists():
             subprocess.run(["sh", "-c", f"kill -INT $(cat {pidfile})"])
         syslog.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="rc starts the daemons as root")
+def test_ssl_gw_rc_script(tmp_path, pki):
+    import socket
+    backend = socket.socket()
+    backend.bind(("127.0.0.1", 0))
+    backend.listen(4)
+    port = free_port()
+    syslog = Syslog(tmp_path / "log")
+    table = tmp_path / "netperm-table"
+    table.write_text(f"ssl-gw: tcpwrappers no\nssl-gw: minspare 1\nssl-gw: scoreboard {tmp_path / 'sb'}\n"
+                     f"ssl-gw: log-socket {syslog.path}\n")
+    pidfile = tmp_path / "ssl-gw.pid"
+    flags = (f"--config {table} -d 127.0.0.1:{port} -r 127.0.0.1:{backend.getsockname()[1]} -p {pki.server_pem} "
+             f"-s nobody -g {grp.getgrgid(nobody_ids()[1]).gr_name}")
+    rc = Rc(tmp_path, "ssl_gw", {"ssl_gw_enable": "YES", "ssl_gw_flags": flags, "ssl_gw_pidfile": pidfile,
+                                 "ssl_gw_program": command("ssl-gw")})
+    try:
+        v = dict(line.split("=", 1) for line in rc("vars").stdout.splitlines())
+        assert v["command_args"] == f"-P {pidfile}" and v["rc_flags"] == flags
+        r = rc("start")
+        assert r.returncode == 0, r.stdout + r.stderr
+        pid = int(wait_for(lambda: pidfile.read_text().strip(), what="the pid file"))
+        syslog.wait(rf"ssl-gw\[{pid}\]: started: listening on 127\.0\.0\.1:{port}")
+        wait_for(lambda: rc("status").stdout == f"ssl_gw is running as pid {pid}.\n", what="ssl-gw's title")
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        tls = pki.client_context().wrap_socket(raw, server_hostname="test.example")
+        conn, _ = backend.accept()  # the handshake done, ssl-gw connected its backend
+        conn.sendall(b"hello\r\n")
+        assert tls.recv(100) == b"hello\r\n"
+        conn.close()
+        tls.close()
+        assert rc("reload").returncode == 0
+        syslog.wait(r"reloaded: listening on")
+        assert rc("stop").returncode == 0
+        wait_for(lambda: not pidfile.exists(), what="the pid file to go")
+    finally:
+        if pidfile.exists():
+            subprocess.run(["sh", "-c", f"kill -INT $(cat {pidfile})"])
+        syslog.close()
+        backend.close()

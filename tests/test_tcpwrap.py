@@ -518,3 +518,23 @@ def test_any_text_gives_warnings_never_exceptions(allow, deny, service, c):
         decision = t.check(service, c, server_addr="192.0.2.1")
         assert isinstance(decision, Decision) and isinstance(decision.allowed, bool)
         assert decision.where is None or decision.where.startswith(d)
+
+
+def test_the_sample_files_of_etc():
+    """etc/hosts.allow and etc/hosts.deny read without a warning and mean what they say."""
+    from conftest import ROOT
+    tables = Tables(os.path.join(ROOT, "etc"))
+    assert tables.warnings == []
+    assert tables.check("imap", Client("10.1.2.3", None)).allowed
+    assert tables.check("pop3", Client("2001:db8::7", None)).allowed
+    assert not tables.check("imap", Client("198.51.100.7", None)).allowed
+
+
+@pytest.mark.parametrize("rules, needs", [
+    ("imap: ALL\n", False), ("imap: 10.0.0.0/255.0.0.0 EXCEPT 10.1.\n", False), ("imap: 10.*.1.?\n", False),
+    ("imap: LOCAL\n", True), ("imap: ALL EXCEPT .example.com\n", True), ("imap: UNKNOWN\n", True),
+    ("imap: mail*.example.com\n", True), ("imap: host.example.com\n", True)])
+def test_needs_names(tmp_path, rules, needs):
+    """ssl-gw looks a client's name up only when some pattern needs it."""
+    (tmp_path / "hosts.allow").write_text(rules)
+    assert Tables(str(tmp_path)).needs_names is needs

@@ -16,17 +16,14 @@ afterwards): the stanza passes smmap no arguments.
 import hashlib
 import os
 import re
-import shutil
-import signal
 import smtplib
 import subprocess
 
 import pytest
 
-from conftest import REFERENCE, Syslog, children, command, free_port, make_spool, proc_status, wait_for
+from conftest import REFERENCE, installed_table, running_xinetd, Syslog, children, command, free_port, make_spool, proc_status, wait_for
 from test_check import make_pem
 
-DEFAULT_TABLE = "/usr/local/etc/netperm-table"
 REF_UID = REF_GID = 99
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="xinetd runs smap as root, which then drops to uid 99")
@@ -49,14 +46,6 @@ def deployment(tmp_path, loopback_dns):
         text = text.replace(" " + path, f" {root}{path}")
     text += (f"\n# The test machine's DNS server and syslog socket.\n"
              f"smmap:      resolver 127.0.0.1:{loopback_dns}\nsmmap:      log-socket {syslog.path}\n")
-    saved = None
-    if os.path.exists(DEFAULT_TABLE):
-        saved = tmp_path / "saved-netperm-table"
-        shutil.copy2(DEFAULT_TABLE, saved)
-    os.makedirs(os.path.dirname(DEFAULT_TABLE), exist_ok=True)
-    with open(DEFAULT_TABLE, "w") as f:
-        f.write(text)
-
     smmap = root / "usr/local/etc/smmap"
     smmap.parent.mkdir(parents=True)
     smmap.symlink_to(command("smap"))
@@ -65,22 +54,8 @@ def deployment(tmp_path, loopback_dns):
     assert "server         = /usr/local/etc/smmap" in stanza
     stanza = stanza.replace("/usr/local/etc/smmap", str(smmap))
     stanza = stanza.rstrip().rstrip("}") + f"    port           = {port}\n    type           = UNLISTED\n}}\n"
-    conf = tmp_path / "xinetd.conf"
-    conf.write_text("defaults\n{\n    instances = 50\n}\n\n" + stanza)
-    xlog = tmp_path / "xinetd.log"
-    xinetd = subprocess.Popen(["xinetd", "-dontfork", "-f", str(conf), "-pidfile", str(tmp_path / "xinetd.pid"),
-                               "-filelog", str(xlog)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_for(lambda: xlog.exists() and "Started working: 1 available service" in xlog.read_text(),
-             what="xinetd to start")
-    try:
+    with installed_table(text), running_xinetd(tmp_path, [stanza], 1) as xinetd:
         yield dict(port=port, spool=spool, syslog=syslog, xinetd=xinetd, stanza=stanza)
-    finally:
-        xinetd.send_signal(signal.SIGTERM)
-        xinetd.wait(10)
-        if saved:
-            shutil.copy2(saved, DEFAULT_TABLE)
-        else:
-            os.unlink(DEFAULT_TABLE)
 
 
 def spooled(spool):

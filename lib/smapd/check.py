@@ -294,6 +294,11 @@ def _machine(s, name, report):
         if problem:
             severity, text = problem
             report.add(line, severity, f"{label}: {text}")
+    if s.program == SSLGW and s["tcpwrappers"] and os.path.isdir(s["tcpwrappers-dir"]):
+        # What ssl-gw would log at start about hosts.allow and hosts.deny.
+        from .tcpwrap import Tables
+        for warning in Tables(s["tcpwrappers-dir"]).warnings:
+            report.add(_at(s, "tcpwrappers-dir"), "warning", f"{name}: {warning}")
 
 
 def _user(value, s, kw, report):

@@ -500,6 +500,9 @@ _DECLARATIONS = [
             multi=True, flagged=True),
     Keyword(SSLGW, "tcpwrappers", Bool(), True, "check hosts.allow and hosts.deny before the handshake"),
     Keyword(SSLGW, "tcpwrappers-dir", Path("dir", "DIRECTORY"), "/etc", "where hosts.allow and hosts.deny are"),
+    Keyword(SSLGW, "resolver", ResolverType(), (),
+            "DNS server for the client's name (TCP wrappers, hosts)", multi=True,
+            default_doc="the servers of /etc/resolv.conf"),
 ]
 
 #: (program, keyword) -> Keyword.  The only list of keywords in the suite.

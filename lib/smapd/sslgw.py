@@ -121,7 +121,7 @@ def prepare(settings, service: str) -> Gateway:
     verify = settings["verify"]
     try:
         context = tls.server_context(pem, tls_min=settings["tls-min"], ciphers=settings["ciphers"], verify=verify,
-                                     ca_file=settings["ca-file"], ca_dir=settings["ca-dir"])
+                                     ca_file=settings["ca-file"], ca_dir=settings["ca-dir"], half_close=True)
         local = tls.local_certificates(settings["ca-file"], settings["ca-dir"]) if verify >= 3 else frozenset()
     except tls.TlsError as e:
         raise GatewayError(str(e)) from None
@@ -139,16 +139,19 @@ def prepare(settings, service: str) -> Gateway:
         for w in wrappers.warnings:
             log.warning("%s", w)
     hosts = settings["hosts"]
+    needs_names = bool(wrappers and wrappers.needs_names) or any(
+        p.kind in ("name", "unknown") for rule in hosts for p in rule.patterns)
     return Gateway(service=service, context=context, verify=verify, local=local, backend=(family, sockaddr),
                    backend_text=f"{host}:{port}", wrappers=wrappers, hosts=hosts,
-                   resolver=sdns.make_resolver(lifetime=LOOKUP_LIFETIME),
+                   resolver=sdns.make_resolver(settings["resolver"], lifetime=LOOKUP_LIFETIME),
                    handshake_timeout=settings["handshake-timeout"], connect_timeout=settings["connect-timeout"],
-                   idle=settings["timeout"], maxperhost=settings["maxperhost"])
+                   idle=settings["timeout"], maxperhost=settings["maxperhost"], needs_names=needs_names)
 
 
 def admitted(gw: Gateway, addr: str, port: int) -> bool:
-    """TCP wrappers and `hosts`, before any TLS byte; logs a refusal."""
-    name, paranoid = sdns.lookup_client(addr, gw.resolver)
+    """TCP wrappers and `hosts`, before any TLS byte; logs a refusal.  The
+    client's name is looked up only when a rule can use it."""
+    name, paranoid = sdns.lookup_client(addr, gw.resolver) if gw.needs_names else (None, False)
     if gw.wrappers is not None:
         from . import tcpwrap
         decision = gw.wrappers.check(gw.service, tcpwrap.Client(addr, name, paranoid))

@@ -776,6 +776,19 @@ class _Reader:
 # --------------------------------------------------------------------------
 # The interface.
 
+def _needs_name(pattern) -> bool:
+    """Does this client pattern (or list) depend on the client's name?"""
+    if isinstance(pattern, _List):
+        return any(_needs_name(p) for group in pattern.groups for p in group)
+    if isinstance(pattern, _AnyOf):
+        return any(_needs_name(p) for p in pattern.patterns)
+    if isinstance(pattern, _Keyword):
+        return pattern.keyword != "ALL"
+    if isinstance(pattern, _Glob):
+        return not pattern.on_address
+    return isinstance(pattern, _Name)
+
+
 class Tables:
     """hosts.allow and hosts.deny of one directory, parsed once (at start,
     before any chroot); `reload()` re-reads them (the master does this on
@@ -797,6 +810,10 @@ class Tables:
         # the new one, never one file of each.
         self._tables = tables
         self.warnings = reader.warnings
+        #: Whether any client pattern looks at the client's name: when none
+        #: does, a caller may skip the DNS look-ups (libwrap looks names up
+        #: only when a pattern asks, too).
+        self.needs_names = any(_needs_name(entry.clients) for t in tables for entry in t.entries)
 
     def check(self, service: str, client: Client, server_addr: Optional[str] = None) -> Decision:
         """hosts_access: may `client` use `service` (a daemon name as

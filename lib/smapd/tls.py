@@ -43,14 +43,21 @@ class TlsError(Exception):
 
 def server_context(pem: str, *, tls_min: str = "1.2", ciphers: Optional[str] = None, verify: int = 0,
                    ca_file: Optional[str] = None, ca_dir: Optional[str] = None,
-                   system_cas: bool = False) -> ssl.SSLContext:
+                   system_cas: bool = False, half_close: bool = False) -> ssl.SSLContext:
     """A server context.  `verify` is the stunnel level 0-3; `system_cas`:
     verify client certificates against the system's CAs when no ca_file or
-    ca_dir is given (smap's `ssl-auth` without `ssl-ca`)."""
+    ca_dir is given (smap's `ssl-auth` without `ssl-ca`).  `half_close`
+    (ssl-gw): a client's TCP FIN without close_notify ends its direction
+    only, as stunnel treats it, instead of failing the connection (OpenSSL
+    3 would then refuse to send the backend's answer); the protocols
+    relayed delimit their own messages, so a cut stream is not taken for
+    a whole one."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = VERSIONS[tls_min]
     ctx.options |= (ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
                     | ssl.OP_SINGLE_ECDH_USE | ssl.OP_SINGLE_DH_USE)
+    if half_close:
+        ctx.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
     try:
         ctx.set_ciphers(ciphers or DEFAULT_CIPHERS)
     except ssl.SSLError:
@@ -74,6 +81,10 @@ def server_context(pem: str, *, tls_min: str = "1.2", ciphers: Optional[str] = N
             ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
         else:
             raise TlsError(f"verify level {verify} needs CA certificates (-A file or -a directory)")
+        if verify >= 3:
+            # The local installation is the trust: a client's certificate
+            # installed alone (without its CA) verifies.
+            ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return ctx
 
 
