@@ -149,8 +149,16 @@ def make_spool(path, uid=None, gid=None):
     return path
 
 
-LOOPBACK_RECORDS = ("--local=/example.test/", "--local=/127.in-addr.arpa/", "--local=/ip6.arpa/",
-                    "--host-record=client.example.test,127.0.0.1")
+def wire_name(name):
+    """A domain name in DNS wire form, as hex (dnsmasq's --dns-rr data)."""
+    return (b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0").hex()
+
+
+LOOPBACK_RECORDS = ("--local=/example.test/", "--local=/example.org/", "--local=/127.in-addr.arpa/",
+                    "--local=/ip6.arpa/", "--host-record=client.example.test,127.0.0.1",
+                    # Name servers for the senders' domains (nospam ns-required).
+                    f"--dns-rr=example.test,2,{wire_name('ns.example.test')}",
+                    f"--dns-rr=example.org,2,{wire_name('ns.example.org')}")
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ PAGES = sorted(glob.glob(os.path.join(ROOT, "man", "man*", "*.[0-9]")))
 
 def test_pages_exist():
     names = {os.path.basename(p) for p in PAGES}
-    assert {"netperm-table.5", "smap.8", "smapd.8", "smapctl.8"} <= names
+    assert {"netperm-table.5", "smap.8", "smapd.8", "smapctl.8", "ssl-gw.8"} <= names
 
 
 def test_mandoc_lint_clean():
@@ -42,3 +42,9 @@ def test_rendered_page_reads_well():
     plain = re.sub(".\b", "", out)
     assert "maxbytes N" in plain
     assert "Default: \u2018100\u2019" in plain or "Default: '100'" in plain
+
+
+def test_each_program_page_has_its_keyword_list():
+    for program in config.PROGRAMS:
+        text = open(os.path.join(ROOT, "man", "man8", f"{program}.8"), encoding="ascii").read()
+        assert f'.\\" BEGIN KEYWORDS {program}\n' in text, program

@@ -106,11 +106,13 @@ def test_greet_delay_refuses_early_talkers(smap_table, spool, smap):
     hasty = smap(table)
     # smap has logged the connection: it is now in its greet-delay.
     wait_for(lambda: "connect host=" in hasty.log, what="smap to start")
+    # It has sent the first line of its greeting only (postscreen's pregreet test).
     hasty.smtp.send(b"EHLO hasty.example\r\n")
-    assert hasty.smtp.reply() == (554, ["554 5.5.0 Protocol error: talking before the greeting"])
+    assert hasty.smtp.reply() == (554, ["220-test.example ESMTP",
+                                        "554 5.5.0 Protocol error: talking before the greeting"])
     wait_for(lambda: "early talker" in hasty.log, what="the refusal in the log")
     patient = smap(table).smtp
-    assert patient.reply() == (220, ["220 test.example SMTP/smap Ready."])
+    assert patient.reply() == (220, ["220-test.example ESMTP", "220 test.example SMTP/smap Ready."])
     assert patient.cmd("QUIT")[0] == 221
 
 

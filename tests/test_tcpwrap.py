@@ -349,7 +349,7 @@ def test_unreadable_files(tmp_path):
     t = tables(tmp_path, deny="imap: 10.0.0.1\n")
     assert t.check("pop3", client("10.0.0.1")).allowed        # hosts.allow gives nothing
     assert not t.check("imap", client("10.0.0.1")).allowed
-    assert t.warnings == [f"{tmp_path / 'hosts.allow'}: cannot be read: Is a directory"]
+    assert t.warnings == [f"{tmp_path / 'hosts.allow'}: cannot be read: not a regular file"]
     (tmp_path / "hosts.deny").unlink()
     (tmp_path / "hosts.deny").mkdir()
     t.reload()
@@ -538,3 +538,8 @@ def test_needs_names(tmp_path, rules, needs):
     """ssl-gw looks a client's name up only when some pattern needs it."""
     (tmp_path / "hosts.allow").write_text(rules)
     assert Tables(str(tmp_path)).needs_names is needs
+
+
+def test_wildcard_star_against_a_star_in_the_text():
+    from smapd.tcpwrap import _wildcard_match
+    assert _wildcard_match("*a", "*ba") and _wildcard_match("a*", "a*b") and not _wildcard_match("*a", "*b")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import re
 import ssl
 import stat
 from dataclasses import dataclass, field
@@ -410,7 +409,6 @@ def _no_pass_phrase():
     raise _Encrypted()
 
 
-_PASSWORD_LINE = re.compile(r"^[^:\s]+:(?:[0-9a-fA-F]{32}|\$[a-z0-9-]+\$\S+)$")
 
 
 def _secret(value, s, kw, report):
@@ -420,14 +418,17 @@ def _secret(value, s, kw, report):
     mode = os.stat(value).st_mode
     if mode & stat.S_IWOTH:
         return ("error", f"is writable by everyone (mode {mode & 0o7777:04o})")
-    with open(value, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            line = raw.rstrip(b"\r\n")
-            if not line or line.startswith(b"#"):
-                continue
-            if not _PASSWORD_LINE.match(line.decode("utf-8", "replace")):
-                report.diagnostics.append(Diagnostic(value, n, "error",
-                                                     "not 'user:<32 hex digits of MD5>' nor a salted entry of smapctl passwd"))
+    from .auth import AuthFileError, PasswordFile
+    try:
+        PasswordFile.load(value)  # what smap will read, read the same way
+    except AuthFileError as e:
+        for problem in e.problems:
+            where, _, text = problem.partition(": ")
+            path, _, line = where.rpartition(":")
+            if line.isdigit():
+                report.diagnostics.append(Diagnostic(path, int(line), "error", text))
+            else:
+                report.diagnostics.append(Diagnostic(value, 0, "error", problem))
     if mode & stat.S_IROTH:
         return ("warning", f"holds password hashes and is readable by everyone (mode {mode & 0o7777:04o}); make it 0600")
     return None

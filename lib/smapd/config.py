@@ -309,6 +309,9 @@ class RblType(Type):
         m = _RBL_RE.match(arg)
         if not m or "." not in m.group("zone"):
             raise ValueError(f"{arg!r} is not ZONE[=FILTER][*WEIGHT] (e.g. zen.example.org=127.0.0.[2..11]*2)")
+        if m.group("filter"):
+            from .dnsbl import parse_filter  # only for a table that has a filter
+            parse_filter(m.group("filter"))  # ValueError with a sentence
         return Rbl(m.group("zone").lower(), m.group("filter"), int(m.group("weight") or 1))
 
 
@@ -371,8 +374,15 @@ def _baddir(settings):
 
 
 def _run_file(settings, suffix):
-    """/var/run/NAME.suffix, NAME being the name the program reads the table under."""
+    """/var/run/NAME.suffix, NAME being the name the program reads the table
+    under; for ssl-gw, ssl-gw.SERVICE.suffix (one daemon per service)."""
+    if settings.program == SSLGW:
+        return f"/var/run/ssl-gw.{settings.names[-1]}.{suffix}"
     return f"/var/run/{settings.names[0]}.{suffix}"
+
+
+def _run_doc(program, suffix):
+    return f"/var/run/ssl-gw.SERVICE.{suffix}" if program == SSLGW else f"/var/run/NAME.{suffix}"
 
 
 def _pidfile(settings):
@@ -391,13 +401,14 @@ def _pool(program, maxchildren):
         Keyword(program, "minspare", Int(0, 10000), 5, "idle children the master keeps ready at least"),
         Keyword(program, "maxspare", Int(1, 10000), 20, "idle children above this number are stopped"),
         Keyword(program, "maxperhost", Int(1, 10000), 10,
-                "connections one client address may hold at once (more get 421 4.7.0)"),
+                "connections one client address may hold at once (smap answers more with 421 4.7.0, "
+                "ssl-gw closes them)"),
         Keyword(program, "maxrequests", Int(1), 500, "connections a child serves before it exits"),
         Keyword(program, "shutdown-timeout", Int(0, metavar="SECONDS"), 60,
                 "how long a graceful stop (TERM) lets sessions finish before they are ended"),
         Keyword(program, "scoreboard", Path("pidfile"), _scoreboard,
                 "the master's shared-memory scoreboard file, which smapctl stats reads",
-                default_doc="/var/run/NAME.scoreboard"),
+                default_doc=_run_doc(program, "scoreboard")),
     ]
 
 
@@ -410,7 +421,7 @@ def _common(program, directory_doc, directory_default):
         Keyword(program, "directory", Path("dir", "DIRECTORY"), directory_default, directory_doc),
         Keyword(program, "pidfile", Path("pidfile"), _pidfile,
                 "where the daemon writes its process id (in the foreground only when set here or by --pidfile)",
-                default_doc="/var/run/NAME.pid"),
+                default_doc=_run_doc(program, "pid")),
         Keyword(program, "log-facility", Choice(*SYSLOG_FACILITIES, metavar="FACILITY"), "mail",
                 "the syslog facility of the log lines (mail, daemon, local0 to local7, ...)"),
         Keyword(program, "log-socket", Path("none", "PATH"), None,
@@ -456,6 +467,8 @@ _DECLARATIONS = [
             multi=True),
     Keyword(SMAP, "rbl", RblType(), (), "a DNSBL zone, with an optional reply filter and weight", multi=True),
     Keyword(SMAP, "rbl-threshold", Int(1), 1, "the DNSBL score at which a client is refused"),
+    Keyword(SMAP, "dns-timeout", Int(1, 60, "SECONDS"), 5,
+            "how long the DNSBL queries (all zones at once) and the ns-required look-ups may take"),
     Keyword(SMAP, "resolver", ResolverType(), (),
             "a DNS server for smap's look-ups", multi=True, default_doc="the servers of /etc/resolv.conf"),
     Keyword(SMAP, "spam-database", Path("file"), None,
@@ -483,7 +496,8 @@ _DECLARATIONS = [
     Keyword(SSLGW, "connect", HostPort("127.0.0.1"), None, "the backend service (stunnel -r)"),
     Keyword(SSLGW, "accept", HostPort(), None, "the listener of ssl-gw -d (stunnel -d)"),
     Keyword(SSLGW, "verify", Int(0, 3, "LEVEL"), 0,
-            "client certificates: 0 ignore, 1 verify if offered, 2 require, 3 require a locally installed one (stunnel -v)"),
+            "client certificates: 0 none asked for, 1 verify if offered, 2 require, 3 require a locally installed one "
+            "(stunnel -v)"),
     Keyword(SSLGW, "ca-file", Path("file", "FILE"), None, "CA certificates for verification (stunnel -A)"),
     Keyword(SSLGW, "ca-dir", Path("dir", "DIRECTORY"), None, "hashed CA directory for verification (stunnel -a)"),
     Keyword(SSLGW, "timeout", Int(1, metavar="SECONDS"), 300,

@@ -97,7 +97,12 @@ usage: ssl-gw [-h] [-V] [--config table] [--allow-root] [-p pemfile] [-v level] 
 def sslgw_main(argv=None) -> int:
     argv = sys.argv if argv is None else argv
     prog = os.path.basename(argv[0]) or SSLGW
-    daemon_mode = any(a.startswith("-d") for a in argv[1:])
+    try:
+        opts, rest = getopt.getopt(argv[1:], STUNNEL_OPTS, ["config=", "allow-root"])
+        bad = None
+    except getopt.GetoptError as e:
+        opts, rest, bad = [], [], str(e)
+    daemon_mode = any(letter == "-d" for letter, _ in opts)
     inetd = not daemon_mode and silence_inetd_output(prog)
 
     def report(message: str, usage: bool = True) -> int:
@@ -111,10 +116,8 @@ def sslgw_main(argv=None) -> int:
                 print(SSLGW_USAGE, end="", file=sys.stderr)
         return EXIT_RUNTIME
 
-    try:
-        opts, rest = getopt.getopt(argv[1:], STUNNEL_OPTS, ["config=", "allow-root"])
-    except getopt.GetoptError as e:
-        return report(str(e))
+    if bad:
+        return report(bad)
     o = dict(opts)
     if "-h" in o:
         print(SSLGW_USAGE, end="")

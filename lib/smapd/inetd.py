@@ -26,8 +26,8 @@ from . import log as slog
 from .netperm import client_address
 from .privsep import EXIT_BOOT, PrivsepError, enter_jail, resolve_ids
 from .progname import EXIT_OK, EXIT_RUNTIME
-from .serve import (admitted, client_name, make_resolver, prepare_for_jail, protocol_settings, refuse, run_session,
-                    tls_context)
+from .serve import (admitted, client_name, make_resolver, policy_setup, prepare_for_jail, protocol_settings, refuse,
+                    run_session, tls_context)
 from .smtp.protocol import Protocol
 
 
@@ -43,7 +43,8 @@ def serve_inetd(settings, prog: str, debug: bool = False, allow_root: bool = Fal
         logger.error("standard input is not a TCP socket")
         return EXIT_RUNTIME
     addr = str(client_address(peer[0]))
-    name = client_name(addr, make_resolver(settings))
+    resolver = make_resolver(settings)
+    name = client_name(addr, resolver)
     proto = Protocol(protocol_settings(settings), name, addr)
     if not admitted(settings, proto, sock, name, addr):
         return EXIT_OK
@@ -54,6 +55,12 @@ def serve_inetd(settings, prog: str, debug: bool = False, allow_root: bool = Fal
     except Exception as e:  # tls.TlsError: the file and the reason
         logger.error("cannot serve host=%s/%s: ssl: %s", name, addr, e)
         refuse(sock, proto.unavailable(f"ssl: {e}"), name, addr)
+        return EXIT_RUNTIME
+    try:
+        setup = policy_setup(settings, resolver)
+    except Exception as e:  # OSError, auth.AuthFileError: the file and the reason
+        logger.error("cannot serve host=%s/%s: %s", name, addr, e)
+        refuse(sock, proto.unavailable(str(e)), name, addr)
         return EXIT_RUNTIME
     if smtps and context is None:
         logger.error("cannot serve host=%s/%s: --smtps needs ssl PEM in the table", name, addr)
@@ -79,7 +86,7 @@ def serve_inetd(settings, prog: str, debug: bool = False, allow_root: bool = Fal
             refuse(sock, proto.unavailable(f"spool {directory}: {e.strerror}"), name, addr)
             return EXIT_RUNTIME
         spool_dir = directory
-    run_session(sock, proto, settings, spool_dir, name, addr, tls_context=context, smtps=smtps)
+    run_session(sock, proto, settings, spool_dir, name, addr, tls_context=context, smtps=smtps, setup=setup)
     return EXIT_OK
 
 

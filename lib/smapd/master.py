@@ -367,6 +367,7 @@ class Master:
         self.next_spawn = 0.0
         self.excess_since = None
         self._title = None
+        self._watched = None
 
     # ------------------------------------------------------------ start
 
@@ -413,8 +414,8 @@ class Master:
             print(f"{self.service.prog}: cannot create the scoreboard {self.scoreboard_path}: {e.strerror}",
                   file=sys.stderr)
             return EXIT_RUNTIME
+        logger = self.settings_log()  # first: what prepare() warns about goes to the log
         self.prepared = self.service.prepare(s)
-        logger = self.settings_log()
         if not self.foreground:
             import daemon
             keep = [sock.fileno() for socks in self.listeners.values() for sock in socks]
@@ -478,6 +479,7 @@ class Master:
                     return EXIT_OK
                 self._stop_progress()
             else:
+                self._watch()
                 self.maintain()
             self._update_title()
             try:
@@ -708,9 +710,34 @@ class Master:
         gc.unfreeze()
         self.prepared = self.service.prepare(new)
         gc.freeze()
+        self._watched = None  # the new settings' files, as they are now
         log.info("reloaded: listening on %s; replacing %d children", ", ".join(str(sp) for sp in self.listeners),
                  len(self.kids))
         self.replace_children()
+
+    def _stamps(self) -> dict:
+        files = self.service.watched_files(self.settings) if hasattr(self.service, "watched_files") else []
+        out = {}
+        for path in files:
+            try:
+                st = os.stat(path)
+                out[path] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            except OSError:
+                out[path] = None
+        return out
+
+    def _watch(self) -> None:
+        """Files the children read only through the master (a spam
+        database, a password file outside the jail): a change reloads, as
+        HUP does."""
+        stamps = self._stamps()
+        if self._watched is None:
+            self._watched = stamps
+        elif stamps != self._watched:
+            changed = ", ".join(p for p in stamps if stamps[p] != self._watched.get(p))
+            self._watched = stamps
+            log.info("%s changed: reloading", changed)
+            self.reload()
 
     def _update_title(self) -> None:
         states = self.board.states()

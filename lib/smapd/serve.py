@@ -38,7 +38,9 @@ LOOKUP_LIFETIME = 10.0
 def protocol_settings(settings) -> ProtocolSettings:
     return ProtocolSettings(hostname=settings["hostname"], maxbytes=settings["maxbytes"],
                             maxrecip=settings["maxrecip"], errors_max=settings["errors-max"],
-                            banner=settings["banner"], starttls=settings["ssl"] is not None)
+                            banner=settings["banner"], starttls=settings["ssl"] is not None,
+                            auth=tuple(m.lower() for m in settings["auth"]) if settings["md5file"] else (),
+                            auth_requires_tls=settings["auth-requires-tls"])
 
 
 def limits(settings) -> Limits:
@@ -98,8 +100,18 @@ def admitted(settings, proto: Protocol, sock, name: str, addr: str) -> bool:
     return permitted
 
 
+def policy_setup(settings, resolver):
+    """The checks' data (policy.py), read before the jail.  Raises OSError
+    or auth.AuthFileError naming the file."""
+    from . import policy
+    return policy.Setup.from_settings(settings, resolver)
+
+
 def run_session(sock, proto: Protocol, settings, spool_dir: str, name: str, addr: str, observer=None,
-                tls_context=None, smtps: bool = False) -> None:
+                tls_context=None, smtps: bool = False, setup=None) -> None:
+    if setup is not None:
+        from . import policy
+        policy.new_session(setup, addr, name).hooks(proto)
     tls = TlsSetup(tls_context, on_connect=smtps) if tls_context is not None else None
     Session(sock, proto, limits(settings), spool_dir, settings["hostname"], name, addr,
             greet_delay=settings["greet-delay"], observer=observer, tls=tls).serve()  # closes the connection
@@ -113,6 +125,7 @@ class Prepared:
     resolver: object
     spool_dir: str      # "/" inside the jail; the spool's path when not jailed
     tls_context: object = None
+    setup: object = None            # policy.Setup
 
 
 class SmapService:
@@ -138,7 +151,18 @@ class SmapService:
             tls_context(settings)
         except Exception as e:  # tls.TlsError: the file and the reason
             out.append(f"ssl ({settings.where('ssl')}): {e}")
+        try:
+            policy_setup(settings, None)
+        except Exception as e:  # OSError, auth.AuthFileError: the file and the reason
+            out.append(str(e))
+        if settings["auth"] and not settings["md5file"]:
+            out.append(f"auth ({settings.where('auth')}) needs md5file: there is nothing to check passwords against")
         return out
+
+    def watched_files(self, settings) -> list:
+        """Files outside the jail whose change means a reload (the master
+        stats them; its children could not)."""
+        return [f for f in (settings["spam-database"], settings["md5file"]) if f]
 
     def listeners(self, settings) -> list:
         from .master import ListenSpec
@@ -147,8 +171,9 @@ class SmapService:
     def prepare(self, settings) -> Prepared:
         prepare_for_jail(settings)
         jailed = os.geteuid() == 0
-        return Prepared(make_resolver(settings), "/" if jailed else os.path.abspath(settings["directory"]),
-                        tls_context(settings))
+        resolver = make_resolver(settings)
+        return Prepared(resolver, "/" if jailed else os.path.abspath(settings["directory"]),
+                        tls_context(settings), policy_setup(settings, resolver))
 
     def serve(self, conn, addr: str, tag, prepared: Prepared, child) -> None:
         s = child.settings
@@ -161,7 +186,7 @@ class SmapService:
         proto = Protocol(protocol_settings(s), name, addr)
         if admitted(s, proto, conn, name, addr):
             run_session(conn, proto, s, prepared.spool_dir, name, addr, observer=child.stage,
-                        tls_context=prepared.tls_context, smtps=tag == "smtps")
+                        tls_context=prepared.tls_context, smtps=tag == "smtps", setup=prepared.setup)
 
 
 def daemon_main(settings, prog: str, name: str, table: str, args) -> int:

@@ -9,12 +9,13 @@ program of the suite and the files and accounts it names (see check.py);
 `smapctl mkcert` makes a key and its certificate in one PEM file, as
 stunnel's `make stunnel.pem` did, and `smapctl certinfo` describes the
 certificates of PEM files (certs.py).
-passwd joins them as the program it administers lands.
+`smapctl passwd` sets or deletes a user's password in smap's SMTP AUTH
+password file, the table's `md5file` (auth.py).
 
 What it trusts: the operator who runs it.
 
 What it must never do: change the table, the spool or any file when
-asked only to look.
+asked only to look; echo, print or log a password.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import argparse
 import os
 import sys
 
-from . import __version__, check
+from . import __version__, auth, check
 from .progname import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, table_path
 
 
@@ -105,6 +106,99 @@ def cmd_mkcert(args) -> int:
 def cmd_certinfo(args) -> int:
     from . import certs
     return certs.certinfo(args.files, sys.stdout, sys.stderr)
+
+
+def _password_file(args):
+    """The file `passwd` edits: --file, else the table's md5file for
+    --name.  (path, None) or (None, exit status) after saying why."""
+    if args.file:
+        return args.file, None
+    from . import config
+    from .netperm import ConfigError, Table
+    path = table_path(args.config)
+    try:
+        settings = config.load_or_die(Table.read(path), config.SMAP, (args.name,)).settings
+    except ConfigError as e:
+        for d in e.diagnostics:
+            print(f"smapctl: {d}", file=sys.stderr)
+        return None, EXIT_CONFIG
+    if settings["md5file"] is None:
+        print(f"smapctl: {path}: no '{args.name}: md5file PATH' line: the table names no password file "
+              f"for {args.name} (add the line, or give --file)", file=sys.stderr)
+        return None, EXIT_RUNTIME
+    return settings["md5file"], None
+
+
+def _read_password(user: str, from_stdin: bool) -> bytes:
+    """The new password: asked twice, unechoed, on a terminal; else one
+    line of standard input without its newline (nothing after it is
+    read).  ValueError when the two differ or none is given."""
+    if not from_stdin and sys.stdin.isatty():
+        import getpass
+        try:
+            first = getpass.getpass(f"New password for {user}: ")
+            second = getpass.getpass(f"Retype the password for {user}: ")
+        except EOFError:
+            raise ValueError("no password given") from None
+        if first != second:
+            raise ValueError("the two passwords differ")
+        # surrogateescape: bytes the terminal's encoding could not decode
+        # come back as they were typed, for check_password to refuse.
+        return first.encode("utf-8", "surrogateescape")
+    line = sys.stdin.buffer.readline()
+    return line[:-1] if line.endswith(b"\n") else line
+
+
+def cmd_passwd(args) -> int:
+    def fail(message, status):
+        print(f"smapctl: {message}", file=sys.stderr)
+        return status
+
+    if args.delete and (args.stdin or args.iterations is not None):
+        return fail("passwd: --delete takes no password (no --stdin, no --iterations)", EXIT_CONFIG)
+    try:
+        auth.check_user(args.user)
+    except ValueError as e:
+        return fail(f"passwd: {e}", EXIT_CONFIG)
+    path, status = _password_file(args)
+    if path is None:
+        return status
+    try:
+        if args.delete:
+            if not auth.delete_user(path, args.user):
+                return fail(f"{path}: no user {args.user}: nothing deleted", EXIT_RUNTIME)
+            print(f"smapctl: {path}: deleted {args.user}")
+            return EXIT_OK
+        auth.check_path(path)     # before asking for a password that could not be written
+        try:
+            password = auth.check_password(_read_password(args.user, args.stdin))
+        except ValueError as e:
+            return fail(f"passwd: {e}: {path} not changed", EXIT_CONFIG)
+        auth.set_password(path, args.user, password,
+                          auth.DEFAULT_ITERATIONS if args.iterations is None else args.iterations)
+    except auth.AuthFileError as e:
+        for problem in e.problems:
+            print(f"smapctl: {problem}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(f"smapctl: {path}: set the password of {args.user}")
+    # The other lines were kept as they were: say so if smap will refuse
+    # the file for one of them.
+    try:
+        auth.PasswordFile.load(path)
+    except auth.AuthFileError as e:
+        for problem in e.problems:
+            print(f"smapctl: warning: {problem} (smap refuses the file until it is mended)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _iterations(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not auth.MIN_ITERATIONS <= n <= auth.MAX_ITERATIONS:
+        raise argparse.ArgumentTypeError(f"{n} is out of range ({auth.MIN_ITERATIONS} to {auth.MAX_ITERATIONS})")
+    return n
 
 
 def _cert_argument(parse: str):
@@ -193,6 +287,24 @@ def parser() -> argparse.ArgumentParser:
                                     "certificate's. Keys are never printed.")
     ci.add_argument("files", nargs="+", metavar="PEM")
     ci.set_defaults(func=cmd_certinfo)
+    pw = sub.add_parser("passwd", help="set or delete a user's password for smap's SMTP AUTH",
+                        description="Set USER's password in smap's SMTP AUTH password file (the table's md5file), "
+                                    "salted PBKDF2-HMAC-SHA256, or delete USER. The password is asked twice on a "
+                                    "terminal, else read as one line of standard input; it is never echoed. "
+                                    "Every other line of the file is kept as it is; the file is written anew, "
+                                    "mode 0600, never through a symbolic link.")
+    pw.add_argument("user", metavar="USER")
+    pw.add_argument("--file", "-f", metavar="FILE", help="the password file (default: the table's md5file for NAME)")
+    pw.add_argument("--config", "-c", metavar="TABLE", help="the table (default: $NETPERM_TABLE, else "
+                                                               "/usr/local/etc/netperm-table)")
+    pw.add_argument("--name", default="smap", help="the name smap reads the table under (default: smap)")
+    pw.add_argument("--delete", action="store_true", help="delete USER instead")
+    pw.add_argument("--stdin", action="store_true", help="read the password as one line of standard input, "
+                                                         "even from a terminal")
+    pw.add_argument("--iterations", metavar="N", type=_iterations,
+                    help=f"PBKDF2 iterations (default: {auth.DEFAULT_ITERATIONS}, about 50 ms a verification; "
+                         f"{auth.MIN_ITERATIONS} to {auth.MAX_ITERATIONS})")
+    pw.set_defaults(func=cmd_passwd)
     return p
 
 

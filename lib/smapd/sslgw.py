@@ -148,13 +148,13 @@ def prepare(settings, service: str) -> Gateway:
                    idle=settings["timeout"], maxperhost=settings["maxperhost"], needs_names=needs_names)
 
 
-def admitted(gw: Gateway, addr: str, port: int) -> bool:
+def admitted(gw: Gateway, addr: str, port: int, server_addr: str = None) -> bool:
     """TCP wrappers and `hosts`, before any TLS byte; logs a refusal.  The
     client's name is looked up only when a rule can use it."""
     name, paranoid = sdns.lookup_client(addr, gw.resolver) if gw.needs_names else (None, False)
     if gw.wrappers is not None:
         from . import tcpwrap
-        decision = gw.wrappers.check(gw.service, tcpwrap.Client(addr, name, paranoid))
+        decision = gw.wrappers.check(gw.service, tcpwrap.Client(addr, name, paranoid), server_addr)
         if not decision.allowed:
             log.warning("%s: connection from %s:%d REFUSED by libwrap (%s)", gw.service, addr, port,
                         decision.reason)
@@ -190,13 +190,13 @@ def handle(conn: socket.socket, addr: str, port: int, gw: Gateway) -> None:
         except (ssl.SSLError, OSError) as e:
             log.warning("%s: SSL_accept from %s:%d: %s", gw.service, addr, port, getattr(e, "reason", None) or e)
             return
-        subject = tls.peer_subject(sock)
-        if subject:
-            log.info("%s: VERIFY OK: %s", gw.service, subject)
         refused = tls.check_peer(sock, gw.verify, gw.local)
         if refused:
             log.warning("%s: %s:%d: REFUSED: %s", gw.service, addr, port, refused)
             return
+        subject = tls.peer_subject(sock)
+        if subject:
+            log.info("%s: VERIFY OK: %s", gw.service, subject)
         log.info("%s: %s:%d: %s", gw.service, addr, port, tls.describe(sock))
         try:
             backend = socket.socket(gw.backend[0], socket.SOCK_STREAM)
@@ -217,6 +217,14 @@ def handle(conn: socket.socket, addr: str, port: int, gw: Gateway) -> None:
         sock.close()
 
 
+def _server_address(conn) -> str:
+    """The address the client reached (daemon@host patterns match it)."""
+    try:
+        return str(client_address(conn.getsockname()[0]))
+    except (OSError, ValueError):
+        return None
+
+
 # ----------------------------------------------------------------------
 # inetd mode
 
@@ -235,7 +243,7 @@ def inetd_main(settings, prog: str, service: str, opts: dict, allow_root: bool =
         log.error("%s", str(e))
         conn.close()
         return 1
-    if not admitted(gw, addr, port):
+    if not admitted(gw, addr, port, _server_address(conn)):
         conn.close()
         return 0
     if os.geteuid() == 0:
@@ -282,6 +290,12 @@ class SslGwService:
         self.logfile = open_logfile(opts)
 
     def setup_log(self, settings, debug: bool):
+        """At start, on HUP and on USR1: -o's file is opened again (after a
+        rotation, the new file), then the log set up."""
+        if self.logfile is not None and self.logfile.fileno() >= 0 and \
+                os.path.exists(self.opts["-o"]) and \
+                os.stat(self.opts["-o"]).st_ino != os.fstat(self.logfile.fileno()).st_ino:
+            self.logfile = open_logfile(self.opts)
         return _setup_log(self.prog, settings, self.opts, inetd=False, logfile=self.logfile)
 
     def log_files(self) -> list:
@@ -325,7 +339,7 @@ class SslGwService:
                         gw.maxperhost)
             conn.close()
             return
-        if admitted(gw, addr, port):
+        if admitted(gw, addr, port, _server_address(conn)):
             handle(conn, addr, port, gw)
         else:
             conn.close()
@@ -335,9 +349,6 @@ def daemon_main(settings, prog: str, names: tuple, table: str, opts: dict, servi
                 allow_root: bool = False) -> int:
     from .master import Master
     foreground = "-f" in opts
-    pidfile = settings["pidfile"] if settings.is_set("pidfile") else f"/var/run/ssl-gw.{service}.pid"
-    scoreboard = settings["scoreboard"] if settings.is_set("scoreboard") else \
-        f"/var/run/ssl-gw.{service}.scoreboard"
     master = Master(SslGwService(prog, names, table, opts, service), settings, foreground, foreground,
-                    allow_root, pidfile, scoreboard)
+                    allow_root, settings["pidfile"], settings["scoreboard"])
     return master.start()

@@ -302,10 +302,11 @@ def _wildcard_match(glob: str, text: str) -> bool:
     g = t = 0
     star, mark = -1, 0
     while t < len(text):
-        if g < len(glob) and glob[g] in ("?", text[t]):
-            g, t = g + 1, t + 1
-        elif g < len(glob) and glob[g] == "*":
+        # A `*` of the glob is a wildcard even where the text has a `*`.
+        if g < len(glob) and glob[g] == "*":
             star, mark, g = g, t, g + 1
+        elif g < len(glob) and glob[g] in ("?", text[t]):
+            g, t = g + 1, t + 1
         elif star >= 0:
             mark += 1
             g, t = star + 1, mark
@@ -521,9 +522,13 @@ def _read_text(path: str) -> str:
     and read up to MAX_FILE_BYTES; bytes that are not UTF-8 become U+FFFD,
     which no pattern matches."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ValueError("not a regular file")
+    except BaseException:
+        os.close(fd)  # open() below would not own it yet
+        raise
+    with open(fd, "rb") as f:
         data = f.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
         raise ValueError(f"larger than {MAX_FILE_BYTES >> 20} MiB")

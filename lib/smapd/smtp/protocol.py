@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
+from ..auth import b64decode_strict, decode_plain
+
 MAX_COMMAND = 512          # octets, CRLF included (RFC 5321 4.5.3.1.4)
 MAX_PATH = 256
 MAX_LOCAL = 64
@@ -71,7 +73,8 @@ class Settings:
     errors_max: int = 20
     banner: Optional[str] = None
     starttls: bool = False   # STARTTLS offered (`ssl` is set)
-    auth: tuple = ()         # mechanisms offered
+    auth: tuple = ()         # AUTH mechanisms ("login", "plain"); () = no AUTH
+    auth_requires_tls: bool = True
 
 
 @dataclass
@@ -103,7 +106,10 @@ _ROUTE_RE = re.compile(rf"^@(?:{_DOMAIN}|{_LITERAL})(?:,@(?:{_DOMAIN}|{_LITERAL}
 _HELO_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _PARAM_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]*))?$")
 
-COMMANDS = ("HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP", "STARTTLS")
+COMMANDS = ("HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP", "STARTTLS",
+            "AUTH")
+#: Seconds a failed AUTH waits before its 535 (a password guesser's tarpit).
+AUTH_FAILURE_DELAY = 2.0
 #: Commands after which a client must wait for the reply (RFC 2920; RFC
 #: 3207 for STARTTLS: plaintext behind it would be read as if encrypted).
 GROUP_ENDS = ("EHLO", "HELO", "DATA", "QUIT", "STARTTLS")
@@ -154,6 +160,13 @@ class Protocol:
         #: and the verified client certificate's subject, if any.
         self.tls: Optional[str] = None
         self.tls_peer: Optional[str] = None
+        #: SMTP AUTH: the authenticated user, and the exchange in progress
+        #: (mechanism, the user name LOGIN has received) while the client
+        #: owes a response line.
+        self.auth_user: Optional[str] = None
+        self._auth: Optional[tuple] = None
+        #: Checks a user name and password (bytes): the policy's, set by the session.
+        self.verify_password: Optional[Callable] = None
         #: Hooks for the policy checks of later issues: each returns None
         #: to go on or a Reply that refuses (with the log reason second).
         self.check_sender: Optional[Callable] = None
@@ -165,6 +178,11 @@ class Protocol:
         """The connection is open: the greeting."""
         text = self.s.banner or f"{self.s.hostname} SMTP/smap Ready."
         return Result([reply(220, "", text)])
+
+    def teaser(self) -> bytes:
+        """The first line of a greeting that `greet-delay` holds back: a
+        client that answers before the last line talks out of turn."""
+        return f"220-{self.s.hostname} ESMTP\r\n".encode("ascii", "replace")
 
     def refuse_client(self, why: str) -> Result:
         """The client may not use this service (hosts rules, policy)."""
@@ -205,6 +223,8 @@ class Protocol:
         input was already waiting behind it; `too_long`: it was cut at the
         command limit and the rest discarded; `bad_eol`: it held a bare
         CR or LF."""
+        if self._auth is not None:
+            return self._auth_response(raw, too_long or bad_eol)
         if too_long:
             return self._error(reply(500, "5.5.2", "Error: line too long"), "command line too long")
         if bad_eol:
@@ -221,7 +241,7 @@ class Protocol:
         verb = verb.upper()
         handler = getattr(self, "_cmd_" + verb.lower(), None) if verb in COMMANDS else None
         if handler is None:
-            if verb in ("AUTH", "BDAT", "TURN", "ETRN", "ATRN"):
+            if verb in ("BDAT", "TURN", "ETRN", "ATRN"):
                 return self._error(reply(502, "5.5.1", f"Error: {verb} is not implemented"), f"{verb} refused")
             return self._error(reply(500, "5.5.2", "Error: command not recognized"), "unknown command")
         result = handler(arg)
@@ -279,7 +299,7 @@ class Protocol:
         ext = ["PIPELINING", f"SIZE {self.s.maxbytes}", "8BITMIME", "ENHANCEDSTATUSCODES"]
         if self.s.starttls and not self.tls:
             ext.append("STARTTLS")
-        if self.s.auth:
+        if self._auth_offered():
             ext.append("AUTH " + " ".join(m.upper() for m in self.s.auth))
         return Result([Reply(250, "", (self.s.hostname, *ext))])
 
@@ -409,7 +429,7 @@ class Protocol:
         """The handshake is done: everything said before it is forgotten
         (RFC 3207 4.2), and STARTTLS is not offered again."""
         self.tls, self.tls_peer = description, peer
-        self.helo, self.esmtp, self.envelope = None, False, None
+        self.helo, self.esmtp, self.envelope, self.auth_user = None, False, None, None
         return Result()
 
     @property
@@ -417,12 +437,83 @@ class Protocol:
         """The `with` word of the Received header (RFC 3848)."""
         if not self.esmtp:
             return "SMTP"
-        return "ESMTP" + ("S" if self.tls else "")
+        return "ESMTP" + ("S" if self.tls else "") + ("A" if self.auth_user else "")
 
     def tls_failed(self, why: str) -> Result:
         """The handshake failed: the connection cannot go on in clear."""
         self.closed = True
         return Result(action="close", log=[f"TLS handshake failed: {why}"])
+
+    # ------------------------------------------------------------ AUTH
+
+    def _auth_offered(self) -> bool:
+        return bool(self.s.auth) and self.verify_password is not None and (
+            bool(self.tls) or not self.s.auth_requires_tls)
+
+    def _cmd_auth(self, arg):
+        """RFC 4954: LOGIN and PLAIN, with or without an initial response."""
+        if not self.s.auth or self.verify_password is None:
+            return self._error(reply(502, "5.5.1", "Error: AUTH is not implemented"), "AUTH refused")
+        if self.helo is None or not self.esmtp:
+            return self._error(reply(503, "5.5.1", "Error: send EHLO first"), "AUTH before EHLO")
+        if self.auth_user:
+            return self._error(reply(503, "5.5.1", "Error: already authenticated"), "AUTH twice")
+        if self.envelope is not None:
+            return self._error(reply(503, "5.5.1", "Error: AUTH not permitted during a mail transaction"),
+                               "AUTH during a transaction")
+        if not self._auth_offered():
+            return self._error(reply(538, "5.7.11", "Error: encryption required for authentication (STARTTLS)"),
+                               "AUTH on a plain channel")
+        words = arg.split(" ")
+        mechanism = words[0].lower()
+        if mechanism not in self.s.auth or len(words) > 2 or not mechanism:
+            return self._error(reply(504, "5.5.4", "Error: unrecognized authentication type"),
+                               "AUTH with an unknown mechanism")
+        initial = words[1] if len(words) == 2 else None
+        if mechanism == "plain":
+            if initial is None:
+                self._auth = ("plain", None)
+                return Result([reply(334, "", "")])
+            return self._auth_response(initial.encode("ascii"), False, ("plain", None))
+        if initial is None:
+            self._auth = ("login", None)
+            return Result([reply(334, "", "VXNlcm5hbWU6")])  # "Username:"
+        return self._auth_response(initial.encode("ascii"), False, ("login", None))
+
+    def _auth_response(self, raw: bytes, bad: bool, state: tuple = None) -> Result:
+        """One line of the exchange (or an initial response)."""
+        mechanism, user = state or self._auth
+        self._auth = None
+        if raw == b"*":
+            return self._error(reply(501, "5.0.0", "Error: authentication cancelled"), "AUTH cancelled")
+        try:
+            if bad:
+                raise ValueError("bad line")
+            data = b64decode_strict(raw.decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            return self._error(reply(501, "5.5.2", "Error: cannot decode the response"), "AUTH response not base64")
+        if mechanism == "login" and user is None:
+            try:
+                name = data.decode("utf-8")
+            except UnicodeDecodeError:
+                return self._error(reply(501, "5.5.2", "Error: cannot decode the user name"), "AUTH user not UTF-8")
+            self._auth = ("login", name)
+            return Result([reply(334, "", "UGFzc3dvcmQ6")])  # "Password:"
+        if mechanism == "plain":
+            try:
+                _, user, password = decode_plain(data)
+            except ValueError:
+                return self._error(reply(501, "5.5.2", "Error: bad PLAIN response"), "AUTH PLAIN malformed")
+        else:
+            password = data
+        if self.verify_password(user, password):
+            self.auth_user = user
+            return Result([reply(235, "2.7.0", "Authentication successful")],
+                          log=[f"authenticated as {user} ({mechanism.upper()})"])
+        result = self._error(reply(535, "5.7.8", "Error: authentication failed"),
+                             f"authentication failed for {user} ({mechanism.upper()})")
+        result.delay = max(result.delay, AUTH_FAILURE_DELAY)
+        return result
 
     def _cmd_help(self, arg):
         extra = " STARTTLS" if self.s.starttls and not self.tls else ""

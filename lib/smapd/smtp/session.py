@@ -315,9 +315,13 @@ class Session:
         try:
             if self.tls and self.tls.on_connect and not self._handshake():
                 return
-            if self.greet_delay and not self.framer.wait_quiet(self.greet_delay):
-                self._send(self.proto.early_talker())
-                return
+            if self.greet_delay:
+                # postscreen's pregreet test: a 220- line, then silence
+                # expected until the last line of the greeting.
+                self.framer.send(self.proto.teaser())
+                if not self.framer.wait_quiet(self.greet_delay):
+                    self._send(self.proto.early_talker())
+                    return
             if self.framer.pending():
                 self._send(self.proto.early_talker())
                 return

@@ -1,0 +1,86 @@
+"""A real, private rbldnsd (the DNSBL server many lists run) for the DNSBL tests.
+
+    from rbldnsd import Rbldnsd
+
+    with Rbldnsd({"bl.test": [("ip4set", ":127.0.0.2:listed\\n192.0.2.7\\n")]}) as rbl:
+        ... DNS on 127.0.0.1:rbl.port (UDP): 7.2.0.192.bl.test A 127.0.0.2
+
+Each zone is a list of (dataset type, data text); a zone built from
+several datasets answers with the A records of all that list an address
+(zen-style 127.0.0.2 and 127.0.0.10 together).  The data files live in a
+directory of /tmp that every user can traverse: as root rbldnsd chroots
+into it and runs as nobody (it refuses to run as root), otherwise as the
+caller.  It runs in the foreground (-n), never reloads on its own (-c 0),
+and writes its start-up messages to `rbldnsd.log` there.  rbldnsd answers
+only A, TXT (and the SOA/NS given in the data) inside its zones, REFUSED
+elsewhere: resolvers in front of it (dnsmasq) forward zones to it.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+
+from conftest import free_port, nobody_ids, wait_for
+
+RBLDNSD = shutil.which("rbldnsd") or "/usr/sbin/rbldnsd"
+
+
+class Rbldnsd:
+    def __init__(self, zones):
+        assert os.access(RBLDNSD, os.X_OK), "rbldnsd is not installed (make test installs it)"
+        self.zones = zones
+        self.port = free_port(socket.SOCK_DGRAM)
+        self.root = tempfile.mkdtemp(prefix="rbldnsd-test-", dir="/tmp")
+        os.chmod(self.root, 0o755)
+        self.logfile = os.path.join(self.root, "rbldnsd.log")
+        self.proc = None
+
+    def start(self):
+        specs = []
+        for n, (zone, datasets) in enumerate(self.zones.items()):
+            for m, (kind, text) in enumerate(datasets):
+                name = f"z{n}-{m}.{kind}"
+                path = os.path.join(self.root, name)
+                with open(path, "w") as f:
+                    f.write(text)
+                os.chmod(path, 0o644)
+                specs.append(f"{zone}:{kind}:{name}")
+        args = [RBLDNSD, "-n", "-c", "0", "-b", f"127.0.0.1/{self.port}"]
+        if os.geteuid() == 0:
+            uid, gid = nobody_ids()
+            args += ["-u", f"{uid}:{gid}", "-r", self.root, "-w", "/"]
+        else:
+            args += ["-w", self.root]
+        with open(self.logfile, "w") as log:
+            self.proc = subprocess.Popen(args + specs, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        wait_for(self._started, what=f"rbldnsd on 127.0.0.1:{self.port}")
+        return self
+
+    def _started(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"rbldnsd exited: {self.log()}")
+        # The last line it writes once the zones are loaded and it serves.
+        return " started (" in self.log()
+
+    def log(self):
+        with open(self.logfile) as f:
+            return f.read()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
