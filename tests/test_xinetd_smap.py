@@ -128,6 +128,30 @@ def test_swaks_through_xinetd(deployment, tmp_path):
     assert body == b"From: swaks@example.org\nSubject: swaks\n\nsent by swaks\n.\nend\n"
 
 
+def test_reference_relay_control_and_auth(deployment):
+    """The reference table's smmap lines: relay-domain localdomain.com, auth
+    login with md5file in the reference format (user:md5hex), STARTTLS
+    with the table's certificate, the nospam checks."""
+    port = str(deployment["port"])
+    common = ["swaks", "--server", "127.0.0.1", "--port", port, "--helo", "client.example.test",
+              "--from", "alice@example.org"]
+    r = subprocess.run(common + ["--to", "friend@far.example"], capture_output=True, text=True, timeout=60)
+    assert re.search(r"<\*\* 554 5\.7\.1 <friend@far\.example>: Relay access denied", r.stdout), r.stdout
+    r = subprocess.run(common + ["-tls", "--auth", "LOGIN", "--auth-user", "user", "--auth-password", "wrong",
+                                 "--to", "friend@far.example"], capture_output=True, text=True, timeout=60)
+    assert "<~* 535 5.7.8 Error: authentication failed" in r.stdout, r.stdout
+    r = subprocess.run(common + ["-tls", "--auth", "LOGIN", "--auth-user", "user", "--auth-password", "secret",
+                                 "--to", "friend@far.example"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout
+    assert "<~  235 2.7.0 Authentication successful" in r.stdout
+    [name] = wait_spooled(deployment["spool"], 1)
+    head, received, body = split_spool_file(deployment["spool"] / name)
+    assert head == b"FROM <alice@example.org>\nRCPT <friend@far.example>\n"
+    assert b" with ESMTPSA id " in received
+    deployment["syslog"].wait(r"authenticated as user \(LOGIN\)")
+    assert not [line for line in deployment["syslog"].read() if "secret" in line or "wrong" in line]
+
+
 def test_child_is_jailed_as_uid_99_without_groups(deployment):
     spool = deployment["spool"]
     s = smtplib.SMTP("127.0.0.1", deployment["port"], local_hostname="client.example.test", timeout=30)

@@ -226,8 +226,9 @@ def _consistency(s, name, report):
             report.add(_at(s, "ssl-auth"), "error", f"{name}: ssl-auth {s['ssl-auth']} needs an 'ssl' certificate")
         if s["ssl-auth"] != "none" and s["ssl"] and not s["ssl-ca"]:
             report.add(_at(s, "ssl-auth"), "warning",
-                       f"{name}: ssl-auth {s['ssl-auth']} without ssl-ca: client certificates are asked for "
-                       "but cannot be verified, so none makes a client internal")
+                       f"{name}: ssl-auth {s['ssl-auth']} without ssl-ca: client certificates are verified "
+                       "against the system's CA store, so any public CA's client certificate makes a client "
+                       "internal (it may relay): name your own CA with ssl-ca")
         if s["auth"] and not s["md5file"]:
             report.add(_at(s, "auth"), "error", f"{name}: auth needs an md5file with the passwords")
         if s["md5file"] and not s["auth"]:
@@ -251,6 +252,11 @@ def _consistency(s, name, report):
                            f"{name}: relay-domain {pattern} accepts mail for every domain: an open relay")
         if s["rbl"] and "maps-rbl" not in nospam:
             report.add(_at(s, "rbl"), "warning", f"{name}: rbl zones are queried only with 'nospam maps-rbl'")
+        if s.origins and not s["relay-domain"] and not s["relay-hosts"]:
+            report.add(0, "warning",
+                       f"{name}: no relay-domain and no relay-hosts line: smap accepts mail for every domain, as "
+                       "the FWTK smap did; the MTA behind smapd must refuse to relay")
+
     if p in (SMAP, SSLGW):
         if s["minspare"] > s["maxspare"]:
             report.add(_at(s, "minspare"), "error",
@@ -293,6 +299,13 @@ def _machine(s, name, report):
         if problem:
             severity, text = problem
             report.add(line, severity, f"{label}: {text}")
+    if s.program == SMAP and s["spam-database"] and os.path.isfile(s["spam-database"]):
+        from .spamdb import SpamDatabase
+        try:
+            for warning in SpamDatabase.load(s["spam-database"]).warnings:
+                report.add(_at(s, "spam-database"), "warning", f"{name}: {warning}")
+        except OSError:
+            pass  # the file check has said why
     if s.program == SSLGW and s["tcpwrappers"] and os.path.isdir(s["tcpwrappers-dir"]):
         # What ssl-gw would log at start about hosts.allow and hosts.deny.
         from .tcpwrap import Tables

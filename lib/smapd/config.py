@@ -460,7 +460,8 @@ _DECLARATIONS = [
     Keyword(SMAP, "auth-requires-tls", Bool(), True, "offer and accept AUTH only inside TLS (538 5.7.11 otherwise)"),
     Keyword(SMAP, "ssl", Path("pem", "PEM"), None, "PEM file with key and certificate: enables STARTTLS and smtps"),
     Keyword(SMAP, "ssl-auth", Choice("none", "optional", "required"), "none",
-            "client certificates: not asked for, asked for, or required; a verified one makes the client internal"),
+            "client certificates: not asked for, asked for, or required; a verified one may relay and skips the "
+            "checks at MAIL, as an authenticated client does"),
     Keyword(SMAP, "ssl-ca", Path("file", "FILE"), None, "CA certificates that verify client certificates"),
     Keyword(SMAP, "nospam", Choice("RFC821", "ns-required", "maps-rbl"), (),
             "spam checks: strict RFC 821 senders, NS records for the sender's domain, DNSBL scoring",

@@ -304,7 +304,23 @@ def _deliver(c: Claim, ctx: Context) -> int:
         if problem:
             move_to_bad(c, ctx, f"refused: {problem}")
             return DONE
-    pending = env.pending
+    # Each recipient once: a repeated RCPT line must not hand a recipient
+    # off again in a later batch, after its SENT lines were written.
+    pending = list(dict.fromkeys(env.pending))
+    if not pending:
+        # Every recipient has a SENT line: nothing is left to hand off, so
+        # the file goes as after a last batch (kept, every scan would
+        # claim it again at once).
+        log.info("id=%s from=<%s> nrcpt=0 sent (every recipient has a SENT line)", c.id, env.sender)
+        try:
+            os.unlink(c.name)
+            _fsync_dir(ctx.directory)
+        except OSError as e:
+            try:
+                reschedule(c, ctx, f"removing a file without pending recipients failed: {e.strerror}")
+            except OSError:
+                pass
+        return DONE
     while pending:
         batch, pending = pending[:BATCH], pending[BATCH:]
         status, why = run_sendmail(ctx, env.sender, batch, c.ro, env.body_offset)

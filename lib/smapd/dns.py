@@ -30,6 +30,8 @@ import dns.reversename
 
 from .netperm import client_address
 
+#: Answers a resolver keeps (per process; honouring their TTLs).
+CACHE_ENTRIES = 2048
 #: How many PTR names are tried; a client that publishes more gets no name.
 MAX_PTR_NAMES = 8
 #: The record types the suite reads or meets in answers.  dnspython
@@ -89,6 +91,10 @@ def make_resolver(specs: Sequence = (), lifetime: float = 5.0) -> dns.resolver.R
     # One search of the name as given: a PTR name is absolute.
     res.search = []
     res.use_search_by_default = False
+    # A child of smap -daemon serves hundreds of connections; the same
+    # clients and zones come back.  The cache keeps answers for their TTL
+    # only, so it never answers for longer than the zone allows.
+    res.cache = dns.resolver.LRUCache(CACHE_ENTRIES)
     return res
 
 

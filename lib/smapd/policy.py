@@ -41,7 +41,7 @@ import fnmatch
 import importlib
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from .netperm import client_address
@@ -104,7 +104,6 @@ class SessionPolicy:
     name: Optional[str] = None
     internal: bool = False
     client_refusal: Optional[Refusal] = None
-    notes: list = field(default_factory=list)
 
     def __post_init__(self):
         self.internal = any(p.matches(self.addr, self.name) for p in self.setup.relay_hosts)
@@ -172,7 +171,9 @@ def client_on_dnsbl(p: SessionPolicy) -> Optional[Refusal]:
     from . import dnsbl
     result = dnsbl.check_rbls(p.addr, p.setup.rbls, p.setup.resolver, p.setup.dns_timeout)
     verdict = result.verdict(p.setup.rbl_threshold)
-    zones = ", ".join(zone for zone, _, _ in result.listed)
+    # The zones that count against the client, each once (an allowlist
+    # zone's negative weight is not a reason to refuse).
+    zones = ", ".join(dict.fromkeys(zone for zone, _, weight in result.listed if weight > 0))
     if verdict == "listed":
         return Refusal(reply(554, "5.7.1", f"Service unavailable; client [{p.addr}] blocked using {zones}"),
                        f"DNSBL score {result.score} (threshold {p.setup.rbl_threshold}): {zones}")
@@ -225,7 +226,8 @@ def sender_domain_has_ns(p: SessionPolicy, proto, sender: str) -> Optional[Refus
     if "ns-required" not in p.setup.nospam or not sender:
         return None
     from . import dnsbl
-    domain = recipient_domain(sender)
+    # Brackets kept: an address literal has no name servers to ask for.
+    domain = sender.rpartition("@")[2].rstrip(".").lower()
     outcome, detail = dnsbl.sender_domain_ns(domain, p.setup.resolver, p.setup.dns_timeout)
     if outcome == "ok":
         return None

@@ -516,7 +516,7 @@ class Protocol:
         return result
 
     def _cmd_help(self, arg):
-        extra = " STARTTLS" if self.s.starttls and not self.tls else ""
+        extra = (" STARTTLS" if self.s.starttls and not self.tls else "") + (" AUTH" if self._auth_offered() else "")
         return Result([reply(214, "2.0.0", f"Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP{extra}")])
 
     # ------------------------------------------------------------ helpers
