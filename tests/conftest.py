@@ -74,16 +74,24 @@ class DnsServer:
     """dnsmasq answering only from its command line, on 127.0.0.1:port."""
 
     def __init__(self, tmp_path, records):
-        self.port = free_port(socket.SOCK_DGRAM)
         binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
         assert os.access(binary, os.X_OK), "dnsmasq is not installed (make test installs it)"
         self.log = tmp_path / "dnsmasq.log"
-        args = [binary, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-                "--bind-interfaces", "--listen-address=127.0.0.1",
-                f"--port={self.port}", f"--pid-file={tmp_path / 'dnsmasq.pid'}", "--user=root",
-                "--log-queries", f"--log-facility={self.log}", *records]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_for(self._answers, what=f"dnsmasq on port {self.port}")
+        for attempt in range(3):
+            # A free port is free when asked, not necessarily when dnsmasq
+            # binds it (TCP and UDP both): another try on another port.
+            self.port = free_port(socket.SOCK_DGRAM)
+            args = [binary, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                    "--bind-interfaces", "--listen-address=127.0.0.1",
+                    f"--port={self.port}", f"--pid-file={tmp_path / 'dnsmasq.pid'}", "--user=root",
+                    "--log-queries", f"--log-facility={self.log}", *records]
+            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                wait_for(self._answers, what=f"dnsmasq on port {self.port}")
+                return
+            except AssertionError as e:
+                if attempt == 2 or "in use" not in str(e):
+                    raise
 
     def _answers(self):
         if self.proc.poll() is not None:

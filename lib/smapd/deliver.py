@@ -37,6 +37,7 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import signal
 import stat
 import subprocess
@@ -55,6 +56,10 @@ MIN_RETRY = 60
 #: sysexits(3) values that mean "try again later".
 TEMPORARY = {69, 71, 72, 74, 75, 77}
 EX_NOUSER = 67
+#: run_sendmail's status when the batch's addresses do not fit in an
+#: argv (E2BIG: only a planted file has such addresses): no later
+#: attempt can do better, so the file goes to baddir.
+ARGV_TOO_LONG = -1
 #: The extended attribute that keeps a file's last error for smapctl queue.
 ERROR_XATTR = "user.smapd.error"
 
@@ -228,9 +233,60 @@ def reschedule(c: Claim, ctx: Context, why: str) -> None:
     log.info("id=%s deferred: %s; next attempt in %ds", c.id, why, delay)
 
 
+#: The end of the MTA's stderr kept for the log line.
+STDERR_KEPT = 8192
+
+
+def _wait_mta(proc, timeout: float):
+    """The MTA's stderr (its end) once it has exited, or None when it
+    was killed at the time-out.  Its exit is what counts: a process it
+    left behind may hold its stderr open for much longer (a background
+    delivery), and waiting for that would hold the claim, then call a
+    delivered message timed out and deliver it again."""
+    deadline = time.monotonic() + timeout
+    err = bytearray()
+    pipe = proc.stderr
+    try:
+        while proc.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                proc.wait()
+                return None
+            if pipe is None:
+                try:
+                    proc.wait(timeout=min(left, 1.0))
+                except subprocess.TimeoutExpired:
+                    pass
+                continue
+            if select.select([pipe], [], [], min(left, 1.0))[0]:
+                chunk = os.read(pipe.fileno(), 4096)
+                if chunk:
+                    err += chunk
+                    del err[:-STDERR_KEPT]
+                else:
+                    pipe.close()  # end of its stderr; its exit is still to come
+                    pipe = None
+        for _ in range(64):  # what it wrote before it exited (a leftover may go on writing)
+            if pipe is None or not select.select([pipe], [], [], 0)[0]:
+                break
+            chunk = os.read(pipe.fileno(), 4096)
+            if not chunk:
+                break
+            err += chunk
+            del err[:-STDERR_KEPT]
+        return bytes(err)
+    finally:
+        if pipe is not None:
+            pipe.close()
+
+
 def run_sendmail(ctx: Context, sender: str, rcpts, fd: int, offset: int):
-    """(status, reason): status 0 or a sysexits value, or None for a
-    signal or the time-out (both temporary).  The MTA reads the message
+    """(status, reason): status 0 or a sysexits value, None for a signal
+    or the time-out (both temporary), or ARGV_TOO_LONG.  The MTA reads the message
     from `fd` (the claim's read-only descriptor) from `offset` on."""
     argv = [*ctx.sendmail, "-oi", "-f", sender, "--", *rcpts]
     os.lseek(fd, offset, os.SEEK_SET)
@@ -238,15 +294,9 @@ def run_sendmail(ctx: Context, sender: str, rcpts, fd: int, offset: int):
         proc = subprocess.Popen(argv, stdin=fd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 start_new_session=True, close_fds=True)
     except OSError as e:
-        return None, f"cannot run {ctx.sendmail[0]}: {e.strerror}"
-    try:
-        _, err = proc.communicate(timeout=ctx.timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        proc.communicate()
+        return ARGV_TOO_LONG if e.errno == errno.E2BIG else None, f"cannot run {ctx.sendmail[0]}: {e.strerror}"
+    err = _wait_mta(proc, ctx.timeout)
+    if err is None:
         return None, f"{ctx.sendmail[0]} timed out after {ctx.timeout:g}s and was killed"
     text = err.decode("utf-8", "replace").strip().splitlines()
     said = f": {text[-1][:200]}" if text else ""
@@ -331,7 +381,7 @@ def _deliver(c: Claim, ctx: Context) -> int:
             reschedule(c, ctx, why)
             return DONE
         if status not in (0, EX_NOUSER):
-            move_to_bad(c, ctx, f"refused by the MTA: {why}")
+            move_to_bad(c, ctx, f"refused: {why}" if status == ARGV_TOO_LONG else f"refused by the MTA: {why}")
             return DONE
         outcome = "sent" if status == 0 else f"bounced by the MTA ({why})"
         log.info("id=%s from=<%s> nrcpt=%d %s", c.id, env.sender, len(batch), outcome)

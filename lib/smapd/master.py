@@ -5,7 +5,7 @@ accounts, the jail); binds every listener before the first fork
 (SO_REUSEADDR; an address-less `listen` gets one IPv4 and one IPv6-only
 socket); maps the scoreboard; lets the service prepare what a jailed
 child lacks (resolver objects, DNS record types, the time zone, the host
-name; TLS contexts in the TLS issue); connects the log; takes the pid
+name, TLS contexts, the policy's files); connects the log; takes the pid
 file's lock; `gc.freeze()`; detaches with python-daemon unless told to
 stay in the foreground; writes its pid.  Then it only keeps the pool:
 between `minspare` and `maxspare` idle children, at most `maxchildren`,
@@ -16,6 +16,8 @@ listeners bound, gone ones closed; every child replaced, sessions in
 progress finishing first), TERM stops gracefully (up to
 `shutdown-timeout`), INT and QUIT stop at once, USR1 reopens the log
 (children are replaced so that they use the new socket), CHLD reaps.
+Files the children read only through the master (a spam database, a
+password file outside the jail) are watched: a change reloads as HUP.
 
 Each child (still root for a moment) resets its signals, enters the jail
 through privsep (chroot, setgroups, setgid, setuid, verified: a failure

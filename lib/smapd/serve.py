@@ -4,11 +4,14 @@ What it does: the pieces both modes share (the protocol's settings and
 the session's limits from the table, what to load before the jail, the
 client's forward-confirmed name, the `hosts` rules, running the session)
 and, for `smap -daemon`, the service the prefork master (master.py)
-runs: the listeners of `listen`, what a child needs prepared (resolver,
-record types, time zone, host name), and per connection: `maxperhost`
-(421 4.7.0 beyond it, before any DNS work), the name lookup (inside the
-jail, through the resolver prepared outside it), the `hosts` rules and
-the session, which reports its SMTP stage to the child's title and slot.
+runs: the listeners of `listen` (`smtps` ones with TLS on accept), what
+a child needs prepared (resolver, record types, time zone, host name, the
+TLS context with its key, the policy's data: spam database and password
+file, which the master watches for changes), and per connection:
+`maxperhost` (421 4.7.0 beyond it, before any DNS work), the name lookup
+(inside the jail, through the resolver prepared outside it), the `hosts`
+rules, the policy's hooks (policy.py) and the session, which reports its
+SMTP stage to the child's title and slot.
 
 What it trusts: the table as root read it; nothing from the client.
 
