@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import Smtp, assert_strong_tls, run_testssl, wait_for
+from conftest import Smtp, assert_strong_tls, command, run_testssl, wait_for
 from smapd import queue
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="smap -daemon binds and jails as root")
@@ -173,3 +173,16 @@ def test_no_old_protocol_weak_cipher_compression_or_renegotiation(tls_daemon):
     d = tls_daemon()
     out = run_testssl(["--starttls", "smtp", f"127.0.0.1:{d.port}"])
     assert_strong_tls(out)
+
+
+def test_a_key_that_will_not_load_stops_the_master_at_start(daemon, tmp_path):
+    d = daemon(start=False)
+    bad = tmp_path / "not-a-key.pem"
+    bad.write_text("not a key\n")
+    d.write_table(f"smap: ssl {bad}\n")
+    r = subprocess.run([command("smap"), "-daemon", "-f", "--config", str(d.table)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2
+    assert re.search(rf"ssl \({re.escape(str(d.table))}:\d+\): {re.escape(str(bad))}: not a usable private key",
+                     r.stderr), r.stderr
+    assert not d.pidfile.exists() and not d.scoreboard.exists()

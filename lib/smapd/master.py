@@ -1,12 +1,13 @@
 """The prefork master of `smap -daemon` (and of `ssl-gw -d`), and its children.
 
 What it does, as root: validates the whole configuration (the table, the
-accounts, the jail); binds every listener before the first fork
-(SO_REUSEADDR; an address-less `listen` gets one IPv4 and one IPv6-only
-socket); maps the scoreboard; lets the service prepare what a jailed
-child lacks (resolver objects, DNS record types, the time zone, the host
-name, TLS contexts, the policy's files); connects the log; takes the pid
-file's lock; `gc.freeze()`; detaches with python-daemon unless told to
+accounts, the jail); connects the log; lets the service prepare, reading
+each file once, what a jailed child lacks (resolver objects, DNS record
+types, the time zone, the host name, TLS contexts, the policy's files: a
+file that cannot be used stops it here); takes the pid file's lock; binds
+every listener before the first fork (SO_REUSEADDR; an address-less
+`listen` gets one IPv4 and one IPv6-only socket); maps the scoreboard;
+`gc.freeze()`; detaches with python-daemon unless told to
 stay in the foreground; writes its pid.  Then it only keeps the pool:
 between `minspare` and `maxspare` idle children, at most `maxchildren`,
 spawning again after a child that died at boot only after a pause that
@@ -54,7 +55,7 @@ from . import log as slog
 from .netperm import ConfigError, client_address
 from .pidfile import PidFile
 from .privsep import EXIT_BOOT, PrivsepError, enter_jail
-from .progname import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME
+from .progname import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, Unusable
 from .scoreboard import BUSY, IDLE, STARTING, STOPPING, Scoreboard
 
 log = logging.getLogger("smapd")
@@ -112,14 +113,16 @@ class Service:
         raise NotImplementedError
 
     def problems(self, settings) -> list:
-        """What makes these settings unusable on this machine (error texts)."""
+        """What makes these settings unusable, seen without reading the
+        files they name (error texts)."""
         return []
 
     def listeners(self, settings) -> list:
         raise NotImplementedError
 
     def prepare(self, settings) -> object:
-        """Everything a jailed child needs and cannot load itself."""
+        """Everything a jailed child needs and cannot load itself, read
+        once; progname.Unusable when a file it names cannot be used."""
         return None
 
     def serve(self, conn: socket.socket, addr: str, tag, prepared, child: "Child") -> None:
@@ -398,6 +401,12 @@ class Master:
             for p in problems:
                 print(f"{self.service.prog}: {p}", file=sys.stderr)
             return EXIT_CONFIG
+        logger = self.settings_log()  # first: what prepare() warns about goes to the log
+        try:
+            self.prepared = self.service.prepare(s)
+        except Unusable as e:
+            print(f"{self.service.prog}: {e}", file=sys.stderr)
+            return EXIT_CONFIG
         if self.pidfile:
             try:
                 self.pidfile.lock()
@@ -416,8 +425,6 @@ class Master:
             print(f"{self.service.prog}: cannot create the scoreboard {self.scoreboard_path}: {e.strerror}",
                   file=sys.stderr)
             return EXIT_RUNTIME
-        logger = self.settings_log()  # first: what prepare() warns about goes to the log
-        self.prepared = self.service.prepare(s)
         if not self.foreground:
             import daemon
             keep = [sock.fileno() for socks in self.listeners.values() for sock in socks]
@@ -681,6 +688,10 @@ class Master:
             log.error("reload refused: %s; the running configuration stays", str(e))
             return
         problems = self.service.problems(new)
+        try:
+            prepared = None if problems else self.service.prepare(new)
+        except Unusable as e:
+            problems = [str(e)]
         if problems:
             for p in problems:
                 log.error("%s", p)
@@ -710,7 +721,7 @@ class Master:
         if (new["log-facility"], new["log-socket"]) != old_log:
             self.settings_log()
         gc.unfreeze()
-        self.prepared = self.service.prepare(new)
+        self.prepared = prepared
         gc.freeze()
         self._watched = None  # the new settings' files, as they are now
         log.info("reloaded: listening on %s; replacing %d children", ", ".join(str(sp) for sp in self.listeners),

@@ -26,6 +26,12 @@ from .netperm import ConfigError, Table
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
 
 
+class Unusable(Exception):
+    """A configuration that reads without error but cannot be used on
+    this machine (a key that will not load, a password file with bad
+    lines): the text names the file and the reason."""
+
+
 def table_path(option=None) -> str:
     return option or os.environ.get("NETPERM_TABLE") or DEFAULT_TABLE
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from . import config
 from . import dns as sdns
 from .netperm import Table, check_hosts
-from .progname import pidfile_path
+from .progname import Unusable, pidfile_path
 from .smtp.protocol import Protocol, Settings as ProtocolSettings
 from .smtp.session import Limits, Session, TlsSetup, lingering_close
 
@@ -150,14 +150,6 @@ class SmapService:
         if any(listen.tls for listen in settings["listen"]) and settings["ssl"] is None:
             out.append(f"listen … smtps ({settings.where('listen')}) needs ssl PEM: TLS on accept needs a "
                        "key and a certificate")
-        try:
-            tls_context(settings)
-        except Exception as e:  # tls.TlsError: the file and the reason
-            out.append(f"ssl ({settings.where('ssl')}): {e}")
-        try:
-            policy_setup(settings, None)
-        except Exception as e:  # OSError, auth.AuthFileError: the file and the reason
-            out.append(str(e))
         if settings["auth"] and not settings["md5file"]:
             out.append(f"auth ({settings.where('auth')}) needs md5file: there is nothing to check passwords against")
         return out
@@ -172,11 +164,22 @@ class SmapService:
         return [ListenSpec(l.addr, l.port, "smtps" if l.tls else None) for l in settings["listen"]]
 
     def prepare(self, settings) -> Prepared:
+        """Reads the key, the spam database and the password file once;
+        Unusable names the one that cannot be used."""
+        from .auth import AuthFileError
+        from .tls import TlsError
         prepare_for_jail(settings)
         jailed = os.geteuid() == 0
         resolver = make_resolver(settings)
-        return Prepared(resolver, "/" if jailed else os.path.abspath(settings["directory"]),
-                        tls_context(settings), policy_setup(settings, resolver))
+        try:
+            context = tls_context(settings)
+        except TlsError as e:
+            raise Unusable(f"ssl ({settings.where('ssl')}): {e}") from None
+        try:
+            setup = policy_setup(settings, resolver)
+        except (OSError, AuthFileError) as e:
+            raise Unusable(str(e)) from None
+        return Prepared(resolver, "/" if jailed else os.path.abspath(settings["directory"]), context, setup)
 
     def serve(self, conn, addr: str, tag, prepared: Prepared, child) -> None:
         s = child.settings

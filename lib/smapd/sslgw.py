@@ -42,6 +42,7 @@ from . import log as slog
 from . import relay, tls
 from .netperm import ConfigError, Diagnostic, Table, check_hosts, client_address
 from .privsep import EXIT_BOOT, PrivsepError, enter_jail, resolve_ids
+from .progname import Unusable
 
 log = logging.getLogger("smapd")
 
@@ -106,8 +107,9 @@ class Gateway:
     needs_names: bool = field(default=True)
 
 
-class GatewayError(Exception):
-    pass
+class GatewayError(Unusable):
+    """What makes a gateway impossible: no certificate, a key that will not
+    load, no backend address."""
 
 
 def prepare(settings, service: str) -> Gateway:
@@ -316,10 +318,6 @@ class SslGwService:
         directory = settings["directory"]
         if directory and not os.path.isdir(directory):
             out.append(f"directory {directory}: not a directory")
-        try:
-            prepare(settings, self.service)
-        except GatewayError as e:
-            out.append(str(e))
         return out
 
     def listeners(self, settings) -> list:
