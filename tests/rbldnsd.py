@@ -27,6 +27,11 @@ from conftest import free_port, nobody_ids, wait_for
 
 RBLDNSD = shutil.which("rbldnsd") or "/usr/sbin/rbldnsd"
 
+#: A DS record for the root that matches no key: given to a dnsmasq with
+#: --dnssec, what it forwards to its default server fails validation,
+#: which is how a test gets a real SERVFAIL from it.
+BOGUS_ROOT_ANCHOR = ".,12345,8,2,E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D"
+
 
 class Rbldnsd:
     def __init__(self, zones):

@@ -28,14 +28,11 @@ import dns.reversename
 import pytest
 
 from conftest import ROOT, DnsServer, free_port, nobody_ids, wire_name
-from rbldnsd import Rbldnsd
+from rbldnsd import BOGUS_ROOT_ANCHOR, Rbldnsd
 from smapd import config
 from smapd.dns import make_resolver
 from smapd.dnsbl import (RblResult, check_rbls, filter_matches, parse_filter, query_name,
                          sender_domain_ns)
-
-# A DS record for the root that matches no key anywhere.
-BOGUS_ROOT_ANCHOR = ".,12345,8,2,E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D"
 
 ZONES = {
     # zen-style: one zone, two datasets, two answers for 192.0.2.7.

@@ -33,6 +33,16 @@ def transaction(s, body=b"Subject: t\r\n\r\nhello\r\n", helo="client.example.tes
     return lines[-1]
 
 
+def in_data(d):
+    """A new session, greeted, inside DATA: the 354 received."""
+    s = d.connect()
+    assert s.reply()[0] == 220
+    for line in ("EHLO client.example.test", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>"):
+        assert s.cmd(line)[0] == 250
+    assert s.cmd("DATA")[0] == 354
+    return s
+
+
 def spooled(spool, prefix="sma"):
     return sorted(f for f in os.listdir(spool) if f.startswith(prefix))
 
@@ -274,12 +284,7 @@ def test_usr1_reopens_the_log_and_replaces_the_children(daemon):
 def test_term_lets_a_session_in_data_complete(daemon):
     d = daemon("smap: minspare 2\n")
     d.wait_idle(2)
-    s = d.connect()
-    assert s.reply()[0] == 220
-    assert s.cmd("EHLO client.example.test")[0] == 250
-    assert s.cmd("MAIL FROM:<a@example.org>")[0] == 250
-    assert s.cmd("RCPT TO:<b@example.net>")[0] == 250
-    assert s.cmd("DATA")[0] == 354
+    s = in_data(d)
     s.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
     d.signal(signal.SIGTERM)
     d.syslog.wait(r"stopping: \d+ children")
@@ -304,11 +309,7 @@ def test_term_lets_a_session_in_data_complete(daemon):
 def test_int_stops_at_once_and_leaves_nothing_half_written(daemon):
     d = daemon("smap: minspare 2\n")
     d.wait_idle(2)
-    s = d.connect()
-    assert s.reply()[0] == 220
-    for line in ("EHLO client.example.test", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>"):
-        assert s.cmd(line)[0] == 250
-    assert s.cmd("DATA")[0] == 354
+    s = in_data(d)
     s.send(b"Subject: cut\r\n\r\nhalf\r\n")
     wait_for(lambda: spooled(d.spool, "xma"), what="the message being written")
     d.signal(signal.SIGINT)
@@ -321,11 +322,7 @@ def test_kill_9_of_a_child_gets_it_replaced(daemon):
     d = daemon("smap: minspare 2\nsmap: maxspare 2\n")
     d.wait_idle(2)
     # A busy one: its client loses the connection, nothing is spooled.
-    s = d.connect()
-    assert s.reply()[0] == 220
-    for line in ("EHLO client.example.test", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>"):
-        assert s.cmd(line)[0] == 250
-    assert s.cmd("DATA")[0] == 354
+    s = in_data(d)
     s.send(b"Subject: killed\r\n\r\npartial\r\n")
     b = d.board()
     busy = [b.slot(i).pid for i in range(b.slots) if b.state(i) == BUSY]
@@ -350,11 +347,7 @@ def test_kill_9_of_a_child_gets_it_replaced(daemon):
 def test_kill_9_of_the_master(daemon):
     d = daemon("smap: minspare 3\n")
     d.wait_idle(3)
-    s = d.connect()
-    assert s.reply()[0] == 220
-    for line in ("EHLO client.example.test", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>"):
-        assert s.cmd(line)[0] == 250
-    assert s.cmd("DATA")[0] == 354
+    s = in_data(d)
     s.send(b"Subject: orphan\r\n\r\nbegun under the old master\r\n")
     kids = d.kids()
     os.kill(d.master, signal.SIGKILL)

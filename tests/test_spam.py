@@ -10,13 +10,9 @@ import time
 import pytest
 
 from conftest import Daemon, DnsServer, Smtp, wait_for, wire_name
-from rbldnsd import Rbldnsd
+from rbldnsd import BOGUS_ROOT_ANCHOR, Rbldnsd
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="smap -daemon binds and jails as root")
-
-# A DS record for the root that matches no key: what dnsmasq forwards to
-# its default server then fails validation, which is how it answers SERVFAIL.
-BOGUS_ROOT_ANCHOR = ".,12345,8,2,E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D"
 
 ZONES = {
     "bl.test": [("ip4set", ":127.0.0.2:spam source\n127.0.0.2\n127.0.0.3\n"),

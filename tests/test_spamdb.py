@@ -11,7 +11,7 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from smapd.spamdb import MAX_FILE_BYTES, Glob, SpamDatabase, Watched
+from smapd.spamdb import MAX_FILE_BYTES, Glob, SpamDatabase
 
 
 def db_of(tmp_path, text, name="spam-db"):
@@ -270,100 +270,6 @@ def test_stamp_and_changed(tmp_path):
     os.unlink(path)
     assert db.changed()                            # a missing file counts as changed
     assert SpamDatabase.parse("x.example\n").changed()
-
-
-# ------------------------------------------------------------ re-reading
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-def rewrite(path, text, mtime_ns):
-    """A new version by rename, with a chosen mtime (so that the test does
-    not depend on the file system's timestamp resolution)."""
-    tmp = path + ".new"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.utime(tmp, ns=(mtime_ns, mtime_ns))
-    os.rename(tmp, path)
-
-
-def test_watched_reloads_a_changed_file(tmp_path):
-    path = str(tmp_path / "spam-db")
-    rewrite(path, "192.0.2.1\n", 10**18)
-    clock = FakeClock()
-    w = Watched(path, interval=1.0, clock=clock)
-    db = w.get()
-    assert db.client_listed("192.0.2.1") and not db.sender_listed("a@spam.example")
-    rewrite(path, "spam.example\nbad/99\n", 10**18 + 10**9)
-    clock.now += 0.5
-    assert w.get() is db                           # not yet looked at
-    clock.now += 0.6
-    db2 = w.get()
-    assert db2 is not db and w.reloads == 1
-    assert db2.sender_listed("a@spam.example") == f"{path}:1: spam.example"
-    assert db2.client_listed("192.0.2.1") is None
-    assert w.take_warnings() == [f"{path}:2: bad network 'bad/99' (expected addr/len or addr/mask); line ignored"]
-    assert w.take_warnings() == []
-    clock.now += 5
-    assert w.get() is db2                          # unchanged: not read again
-    # Same size, same inode (written in place), another mtime: changed too.
-    with open(path, "w") as f:
-        f.write("spam.exampl2\nbad/99\n")
-    os.utime(path, ns=(10**18 + 2 * 10**9,) * 2)
-    clock.now += 1
-    db3 = w.get()
-    assert db3.sender_listed("a@spam.exampl2") and not db3.sender_listed("a@spam.example")
-
-
-def test_watched_keeps_the_old_version_when_the_new_cannot_be_read(tmp_path):
-    path = str(tmp_path / "spam-db")
-    rewrite(path, "192.0.2.1\n", 10**18)
-    clock = FakeClock()
-    w = Watched(path, clock=clock)
-    db = w.get()
-    os.unlink(path)
-    os.mkdir(path)                                 # unreadable, even for root
-    for _ in range(3):
-        clock.now += 1
-        assert w.get() is db
-    warnings = w.take_warnings()
-    assert warnings == [f"{path}: cannot read the new version (not a regular file); "
-                        "still using the one read before (1 entries)"]
-    os.rmdir(path)                                 # another failure: said once more
-    for _ in range(3):
-        clock.now += 1
-        assert w.get() is db
-    [warning] = w.take_warnings()
-    assert "No such file or directory" in warning
-    assert db.client_listed("192.0.2.1")
-    rewrite(path, "192.0.2.2\n", 10**18 + 10**9)
-    clock.now += 1
-    db2 = w.get()
-    assert db2.client_listed("192.0.2.2") and not db2.client_listed("192.0.2.1")
-    assert w.take_warnings() == []
-    os.unlink(path)                                # failing again after a success: said again
-    clock.now += 1
-    assert w.get() is db2
-    assert len(w.take_warnings()) == 1
-
-
-def test_watched_first_read_raises(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        Watched(str(tmp_path / "missing"))
-
-
-def test_watched_with_the_real_clock(tmp_path):
-    path = str(tmp_path / "spam-db")
-    rewrite(path, "a.example\n", 10**18)
-    w = Watched(path, interval=0)
-    assert w.get().sender_listed("x@a.example")
-    rewrite(path, "b.example\n", 10**18 + 1)
-    assert w.get().sender_listed("x@b.example")
 
 
 # ------------------------------------------------------------ globs

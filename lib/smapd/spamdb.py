@@ -3,8 +3,9 @@
 What it does: reads the file named by `spam-database` into indexes, and
 answers two questions: is this client address listed (`client_listed`),
 and is this MAIL FROM sender listed (`sender_listed`)?  Each answer is the
-matching entry as "FILE:LINE: WORD", or None.  `Watched` keeps a database
-up to date: it re-reads the file when it changes.
+matching entry as "FILE:LINE: WORD", or None.  Keeping it up to date is
+the caller's: the master of smap -daemon reloads when the file changes
+(master.py), inetd mode reads it for each connection.
 
 The file format (this text is the reference the man page follows):
 
@@ -80,14 +81,12 @@ What it trusts: nothing in the file, and nothing in the addresses it is
 asked about.  Any bytes give entries and warnings, never an exception; any
 client address or sender gives an answer (a client that is not an IP
 address matches no client entry).  The file is read by path in `load`
-and in `Watched.get` only: a jailed process must name it as seen from
-inside its jail, or load it before it is jailed.
+only, before the jail.
 
 What it must never do: take time that grows faster than the length of a
 sender times the length of a pattern -- the client chooses its sender, so
 the glob matcher never backtracks; act on a line it could not read
-completely; stop smap because of a bad line, or because a new version of
-the file cannot be read (`Watched` then keeps the old one).
+completely; stop smap because of a bad line.
 """
 
 from __future__ import annotations
@@ -96,7 +95,6 @@ import errno
 import os
 import re
 import stat
-import time
 from typing import Optional
 
 from .netperm import client_address, compile_host_pattern
@@ -444,61 +442,3 @@ def _first_glob(globs, subject, best):
         if text is not None and glob.matches(text):
             return entry
     return best
-
-
-# --------------------------------------------------------------------------
-# Re-reading.
-
-class Watched:
-    """A SpamDatabase re-read when its file changes.
-
-    `get()` stats the file at most once per `interval` seconds (of
-    `clock`) and reloads it when it changed (another inode, size or
-    mtime: write a new version and rename it over the old one, so that
-    it is never read half-written).  When the new version cannot be
-    read, the old one stays in use and a warning is recorded once, until
-    the file is readable again or fails differently.  The warnings of
-    each version read, and those, accumulate in `warnings`;
-    `take_warnings()` hands them over to be logged.  Only the first read,
-    in the constructor, raises (OSError): a database that cannot be read
-    when smap starts is an error of the configuration."""
-
-    def __init__(self, path, interval: float = 1.0, clock=time.monotonic):
-        self.path = os.fspath(path)
-        self.interval = interval
-        self.clock = clock
-        self.warnings: list = []
-        self._db = SpamDatabase.load(self.path)
-        self.warnings.extend(self._db.warnings)
-        self._checked = clock()
-        self._failure = None
-        #: How many times a new version was read (0 after the first read).
-        self.reloads = 0
-
-    def get(self) -> SpamDatabase:
-        now = self.clock()
-        if now - self._checked < self.interval:
-            return self._db
-        self._checked = now
-        if not self._db.changed():
-            self._failure = None
-            return self._db
-        try:
-            db = SpamDatabase.load(self.path)
-        except OSError as e:
-            why = e.strerror or str(e)
-            if why != self._failure:
-                self._failure = why
-                self.warnings.append(f"{self.path}: cannot read the new version ({why}); "
-                                     f"still using the one read before ({len(self._db)} entries)")
-            return self._db
-        self._failure = None
-        self._db = db
-        self.reloads += 1
-        self.warnings.extend(db.warnings)
-        return db
-
-    def take_warnings(self) -> list:
-        """The warnings recorded since the last call, oldest first."""
-        out, self.warnings = self.warnings, []
-        return out

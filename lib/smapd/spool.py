@@ -39,7 +39,7 @@ _counter = itertools.count(1)
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-def _base36(n: int) -> str:
+def base36(n: int) -> str:
     out = ""
     while True:
         n, r = divmod(n, 36)
@@ -55,8 +55,8 @@ ID_TIME_DIGITS = 11
 def new_queue_id() -> str:
     """Unique without coordination: microseconds (fixed width, so that the
     birth of a message can be read back), process id, counter."""
-    stamp = _base36(time.time_ns() // 1000).rjust(ID_TIME_DIGITS, "0")
-    return f"{stamp}{_base36(os.getpid())}P{_base36(next(_counter))}"
+    stamp = base36(time.time_ns() // 1000).rjust(ID_TIME_DIGITS, "0")
+    return f"{stamp}{base36(os.getpid())}P{base36(next(_counter))}"
 
 
 def queue_id_time(queue_id: str):

@@ -48,6 +48,7 @@ import threading
 import time
 
 from conftest import Smtp, children, command, nobody_ids, wait_for
+from smapd.spool import base36
 
 ENV_SECONDS = "RELIABILITY_SECONDS"
 ENV_SEED = "RELIABILITY_SEED"
@@ -89,16 +90,6 @@ def poll_until(predicate, timeout: float):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(0.01)
-
-
-def base36(n: int) -> str:
-    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    out = ""
-    while True:
-        n, r = divmod(n, 36)
-        out = digits[r] + out
-        if not n:
-            return out
 
 
 # ------------------------------------------------------------------ processes
