@@ -1,14 +1,18 @@
 # The smapd suite.  The README's two commands:
 #   make run    install into .venv and start the demo: smap -daemon on 127.0.0.1:$(PORT), smapd, maildrop
 #   make test   install what the tests need and run them
+#   make deb    build the Debian package into build/deb/ and check it with lintian
 PYTHON  ?= python3
 VENV    := .venv
 VBIN    := $(VENV)/bin
 RUNDIR  := $(CURDIR)/run
 PORT    ?= 2525
-SOURCES := setup.py README.md $(wildcard bin/* lib/smapd/*.py lib/smapd/*/*.py man/man*/*)
+SOURCES := pyproject.toml README.md $(wildcard lib/smapd/*.py lib/smapd/*/*.py man/man*/* etc/* etc/*/* contrib/*/*)
 
-.PHONY: run test deps venv man lint clean
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' lib/smapd/__init__.py)
+DEBDIR  := build/deb
+
+.PHONY: run test deps venv man lint clean deb
 
 venv: $(VENV)/.installed
 
@@ -57,13 +61,23 @@ deps:
 test: deps venv
 	PATH="$(CURDIR)/$(VBIN):$$PATH" $(VBIN)/python -m pytest $(PYTEST_ARGS)
 
+# The .deb, built with Debian's own tools from a copy of the tracked files
+# (so nothing of .venv/ or run/ gets in), then checked by lintian.
+deb: deps
+	rm -rf $(DEBDIR)
+	sh tools/export-tree $(DEBDIR)/smapd-suite-$(VERSION)
+	@# Debian's own python3 and tools, whatever Python comes first on PATH.
+	cd $(DEBDIR)/smapd-suite-$(VERSION) && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
+	lintian --fail-on error --tag-display-limit 0 $(DEBDIR)/smapd-suite_$(VERSION)_all.deb
+	@echo "built $(DEBDIR)/smapd-suite_$(VERSION)_all.deb"
+
 # Regenerate the keyword sections of the man pages from lib/smapd/config.py.
 man: venv
 	$(VBIN)/python tools/mkman man/man5/*.5 man/man8/*.8
 
 lint:
 	mandoc -Tlint -W warning man/man*/*.[0-9]
-	shellcheck -s sh tools/install-deps $(wildcard contrib/rc.d/*)
+	shellcheck -s sh tools/install-deps tools/export-tree $(wildcard contrib/rc.d/*) debian/*.postinst debian/*.postrm
 
 clean:
 	rm -rf $(VENV) $(RUNDIR) build *.egg-info lib/*.egg-info .pytest_cache .hypothesis

@@ -20,8 +20,9 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
-REFERENCE = os.path.join(SHARED, "reference")
+#: The reference deployment, the project's own copy (tests/reference/README.md):
+#: nothing outside the repository is read, as a user's clone has nothing beside it.
+REFERENCE = os.path.join(ROOT, "tests", "reference")
 REFERENCE_TABLE = os.path.join(REFERENCE, "netperm-table")
 
 sys.path.insert(0, os.path.join(ROOT, "lib"))

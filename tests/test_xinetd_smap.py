@@ -1,5 +1,5 @@
 """smap under the real xinetd, with the reference deployment's stanza and
-table (../shared/reference/), changed only where a test machine must:
+table (tests/reference/), changed only where a test machine must:
 
 * xinetd.d/smtp: the `server` path (smap installed as `smmap`), a `port`,
   and `type = UNLISTED`, without which xinetd refuses any port but 25 for

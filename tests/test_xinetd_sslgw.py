@@ -1,7 +1,7 @@
 """ssl-gw under the real xinetd with the reference deployment's imaps and
 pop3s stanzas and its hosts.allow/hosts.deny, in front of a real Dovecot.
 
-Changed from ../shared/reference/, and only where a test machine must:
+Changed from tests/reference/, and only where a test machine must:
 * the stanzas: `server` (ssl-gw instead of /usr/sbin/stunnel), the `-p`
   path (a certificate of the test's own), a `port` with `type =
   UNLISTED`, and `server_args` joined on one line (xinetd has no line
@@ -38,7 +38,10 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="xinetd runs ssl-gw as
 
 
 def _port_free(port):
+    """Whether Dovecot can listen on `port`: as it does, with SO_REUSEADDR,
+    so that the TIME_WAIT of an earlier run's connections does not count."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True

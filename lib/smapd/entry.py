@@ -30,7 +30,11 @@ def _fwtk_parser(prog: str, daemon_flag: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, allow_abbrev=False)
     if daemon_flag:
         p.add_argument("-daemon", action="store_true", help="run the standalone prefork master")
-        p.add_argument("-f", "--foreground", action="store_true", help="with -daemon: do not detach")
+        p.add_argument("-f", "--foreground", action="store_true",
+                       help="with -daemon: do not detach; log to syslog all the same")
+    else:
+        p.add_argument("-f", "--foreground", action="store_true",
+                       help="do not detach; log to syslog all the same")
     p.add_argument("-d", "--debug", action="store_true", help="stay in the foreground and log to stderr")
     p.add_argument("--allow-root", action="store_true", help="let userid or groupid be 0 (refused otherwise)")
     p.add_argument("--config", metavar="FILE", help="the netperm-table")
@@ -81,7 +85,7 @@ def smapd_main(argv=None) -> int:
     name = invoked_name(sys.argv[0] if argv is None else argv[0], args.name)
     from . import smapd_daemon
     return smapd_daemon.main(settings, prog, name, table_path(args.config), args.debug, args.allow_root,
-                             args.pidfile)
+                             args.pidfile, args.foreground)
 
 
 #: stunnel 3.x letters; a colon marks a letter that takes an argument.

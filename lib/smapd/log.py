@@ -128,6 +128,17 @@ def find_syslog_socket():
     return None
 
 
+def lost_when_detached(log: logging.Logger) -> bool:
+    """Whether `log` writes to stderr, which a detached daemon points at
+    /dev/null: it then has nowhere to log, and must not detach."""
+    return any(isinstance(h, logging.StreamHandler) and h.stream is sys.stderr for h in log.handlers)
+
+
+REFUSE_DETACH = ("no syslog socket to log to: refusing to detach and log nowhere; "
+                 "start the syslog daemon, name its socket with log-socket, or stay in the foreground "
+                 "(-f logs to stderr while there is no syslog)")
+
+
 def setup(program: str, facility: str = "mail", debug: bool = False,
           socket_path: str = None, stream=None, logfile=None) -> logging.Logger:
     """Point the suite's logger at syslog (or stderr when `debug`, or the

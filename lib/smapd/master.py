@@ -402,6 +402,9 @@ class Master:
                 print(f"{self.service.prog}: {p}", file=sys.stderr)
             return EXIT_CONFIG
         logger = self.settings_log()  # first: what prepare() warns about goes to the log
+        if not self.foreground and slog.lost_when_detached(logger):
+            print(f"{self.service.prog}: {slog.REFUSE_DETACH}", file=sys.stderr)
+            return EXIT_RUNTIME
         try:
             self.prepared = self.service.prepare(s)
         except Unusable as e:

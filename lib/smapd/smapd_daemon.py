@@ -1,7 +1,8 @@
 """smapd's start: privileges, the daemon, the pid file; then the runner.
 
 What it does: connects the log, refuses to run as root (unless forced),
-detaches with python-daemon unless -d (the log socket kept open), writes
+detaches with python-daemon unless -d or -f (the log socket kept open;
+never with nowhere to log), writes
 the pid file (as whoever started smapd, never through a symlink),
 drops to `userid`/`groupid` with no other group, makes the spool its
 working directory, checks that baddir is usable, and hands over to
@@ -25,8 +26,10 @@ from .pidfile import PidFile
 from .progname import EXIT_RUNTIME, pidfile_path
 
 
-def main(settings, prog: str, name: str, table: str, debug: bool, allow_root: bool, pidfile_option=None) -> int:
+def main(settings, prog: str, name: str, table: str, debug: bool, allow_root: bool, pidfile_option=None,
+         foreground: bool = False) -> int:
     logger = slog.setup(prog, settings["log-facility"], debug, settings["log-socket"])
+    detach = not (debug or foreground)
     spool = settings["directory"]
     try:
         uid, gid = resolve_ids(settings["userid"], settings["groupid"])
@@ -36,7 +39,10 @@ def main(settings, prog: str, name: str, table: str, debug: bool, allow_root: bo
     if not os.path.isdir(spool):
         logger.error("the spool %s is not a directory", spool)
         return EXIT_RUNTIME
-    path = pidfile_path(settings, pidfile_option, detached=not debug)
+    if detach and slog.lost_when_detached(logger):
+        print(f"{prog}: {slog.REFUSE_DETACH}", file=sys.stderr)
+        return EXIT_RUNTIME
+    path = pidfile_path(settings, pidfile_option, detached=detach)
     pidfile = PidFile(path) if path else None
     if pidfile:
         # Locked before detaching (a second smapd is refused), written
@@ -48,7 +54,7 @@ def main(settings, prog: str, name: str, table: str, debug: bool, allow_root: bo
             if not debug:  # the log is elsewhere; the operator is still here
                 print(f"{prog}: {e.strerror}", file=sys.stderr)
             return EXIT_RUNTIME
-    if not debug:
+    if detach:
         import daemon
         keep = [h.socket.fileno() for h in logger.handlers if getattr(h, "socket", None)]
         if pidfile:
