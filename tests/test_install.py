@@ -259,8 +259,8 @@ def test_no_syslog_no_detaching(table, tmp_path, argv):
 
 
 @root_only
-def test_smapd_foreground_logs_to_syslog(table, tmp_path):
-    spool = make_spool(tmp_path / "spool")
+def test_smapd_foreground_logs_to_syslog(table, tmp_path, public_tmp):
+    spool = make_spool(public_tmp / "spool")  # smapd, as nobody, must reach it
     syslog = Syslog(tmp_path / "log")
     path = table(f"smapd: directory {spool}\nsmapd: log-socket {syslog.path}\nsmapd: userid nobody\n"
                  f"smapd: groupid {grp.getgrgid(nobody_ids()[1]).gr_name}\nsmapd: sendmail /bin/true\n")
