@@ -107,7 +107,7 @@ class DnsServer:
             return False
 
     def resolver(self):
-        from smapd.dns import make_resolver
+        from smapd.dnsclient import make_resolver
         return make_resolver([f"127.0.0.1:{self.port}"], lifetime=3.0)
 
     def stop(self):
@@ -402,7 +402,7 @@ class Daemon:
         return children(self.master)
 
     def board(self):
-        from smapd.scoreboard import Scoreboard
+        from smapd.prefork.scoreboard import Scoreboard
         return Scoreboard.open_readonly(str(self.scoreboard))
 
     def count(self, state):
@@ -413,7 +413,7 @@ class Daemon:
             b.close()
 
     def wait_idle(self, n, at_least=False):
-        from smapd.scoreboard import IDLE
+        from smapd.prefork.scoreboard import IDLE
 
         def ok():
             idle, kids = self.count(IDLE), len(self.kids())

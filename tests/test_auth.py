@@ -27,8 +27,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import command, run
-from smapd import auth
-from smapd.auth import AuthFileError, PasswordFile
+from smapd.smap import password_file as auth
+from smapd.smap import sasl
+from smapd.smap.password_file import AuthFileError, PasswordFile
 
 FAST = 1000     # iterations in the tests' own entries
 
@@ -378,37 +379,37 @@ def test_ab64_round_trip(data):
 # ------------------------------------------------------------------ SASL
 
 def test_b64decode_strict():
-    assert auth.b64decode_strict("=") == b""
-    assert auth.b64decode_strict("") == b""
-    assert auth.b64decode_strict("AGFsaWNlAHB3") == b"\0alice\0pw"
-    assert auth.b64decode_strict("YQ==") == b"a" and auth.b64decode_strict("YWI=") == b"ab"
-    assert auth.b64decode_strict("dXNlcisvPz4=") == b"user+/?>"
+    assert sasl.b64decode_strict("=") == b""
+    assert sasl.b64decode_strict("") == b""
+    assert sasl.b64decode_strict("AGFsaWNlAHB3") == b"\0alice\0pw"
+    assert sasl.b64decode_strict("YQ==") == b"a" and sasl.b64decode_strict("YWI=") == b"ab"
+    assert sasl.b64decode_strict("dXNlcisvPz4=") == b"user+/?>"
     for bad in ("YQ", "YQ=", "YQ===", "YR==", "YWJ=", "Y Q==", " YQ==", "YQ==\r\n", "YQ==\n", "=YQ=",
                 "YQ==YQ==", "a-_b", "YWJj\0", "==", "*", "ＹＱ==", "YQ=\u2028"):
         with pytest.raises(ValueError):
-            auth.b64decode_strict(bad)
+            sasl.b64decode_strict(bad)
     with pytest.raises(TypeError):
-        auth.b64decode_strict(b"YQ==")
+        sasl.b64decode_strict(b"YQ==")
 
 
 @given(data=st.binary(max_size=300))
 def test_b64decode_strict_reads_what_base64_writes(data):
-    assert auth.b64decode_strict(base64.b64encode(data).decode()) == data
+    assert sasl.b64decode_strict(base64.b64encode(data).decode()) == data
 
 
 def test_decode_plain():
-    assert auth.decode_plain(b"\0alice\0pw") == ("", "alice", b"pw")
-    assert auth.decode_plain(b"alice\0alice\0pw") == ("alice", "alice", b"pw")
-    assert auth.decode_plain("\0jörg\0pässwörd".encode()) == ("", "jörg", "pässwörd".encode())
-    assert auth.decode_plain(b"\0alice\0p w\tx") == ("", "alice", b"p w\tx")
+    assert sasl.decode_plain(b"\0alice\0pw") == ("", "alice", b"pw")
+    assert sasl.decode_plain(b"alice\0alice\0pw") == ("alice", "alice", b"pw")
+    assert sasl.decode_plain("\0jörg\0pässwörd".encode()) == ("", "jörg", "pässwörd".encode())
+    assert sasl.decode_plain(b"\0alice\0p w\tx") == ("", "alice", b"p w\tx")
     for bad in (b"", b"alice", b"alice\0pw", b"\0alice\0pw\0", b"\0\0pw", b"\0alice\0", b"a\0b\0c\0d",
                 b"\0alice\0\xff\xfe", b"\0\xc3alice\0pw", b"\xff\0alice\0pw"):
         with pytest.raises(ValueError):
-            auth.decode_plain(bad)
+            sasl.decode_plain(bad)
     for proxy in (b"admin\0alice\0pw", b"Alice\0alice\0pw"):
-        with pytest.raises(auth.ProxyAuthorizationError, match="not supported"):
-            auth.decode_plain(proxy)
-        assert issubclass(auth.ProxyAuthorizationError, ValueError)
+        with pytest.raises(sasl.ProxyAuthorizationError, match="not supported"):
+            sasl.decode_plain(proxy)
+        assert issubclass(sasl.ProxyAuthorizationError, ValueError)
 
 
 @given(authcid=st.text(min_size=1).filter(lambda s: "\0" not in s),
@@ -420,9 +421,9 @@ def test_decode_plain_reads_what_a_client_writes(authcid, password, same):
         response.decode("utf-8")
     except UnicodeDecodeError:      # lone surrogates are not UTF-8: refused
         with pytest.raises(ValueError):
-            auth.decode_plain(response)
+            sasl.decode_plain(response)
         return
-    assert auth.decode_plain(response) == (authzid, authcid, password.encode())
+    assert sasl.decode_plain(response) == (authzid, authcid, password.encode())
 
 
 # ------------------------------------------------------------------ smapctl passwd

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conftest import run
-from smapd import certs, smapctl
+from smapd.admin import certs
+from smapd.admin import main as smapctl
 
 
 def openssl(*args):

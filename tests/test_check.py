@@ -141,7 +141,7 @@ def test_files_and_accounts(tmp_path):
     pem = root / "var/ssl/certs/mail.pem"
     pem.chmod(0o644)
     pw = root / "etc/smtppass"
-    from smapd.auth import hash_password
+    from smapd.smap.password_file import hash_password
     pw.write_text("# users\nuser:" + "0" * 32 + "\nbroken line\nother:" + hash_password(b"x", iterations=1000)
                   + "\nshort:abc\n")
     pw.chmod(0o644)
@@ -289,7 +289,7 @@ def test_star_lines_are_checked_for_every_program(table):
 
 
 def test_role_detection():
-    from smapd.check import role_of
+    from smapd.admin.check import role_of
     assert [role_of(n) for n in ("smap", "smmap", "smmapd", "smap-in", "in.smapd", "ssl_gw", "sslgw",
                                  "ssl-gw-imap")] == ["smap", "smap", "smapd", "smap", "smapd", "ssl-gw",
                                                      "ssl-gw", "ssl-gw"]

@@ -1,4 +1,4 @@
-"""DNSBL scoring and the sender domain's name servers (smapd.dnsbl), against
+"""DNSBL scoring and the sender domain's name servers (smapd.smap.dns_checks), against
 real DNS servers on loopback.
 
 The network, built once for the module:
@@ -29,9 +29,9 @@ import pytest
 
 from conftest import ROOT, DnsServer, free_port, nobody_ids, wire_name
 from rbldnsd import BOGUS_ROOT_ANCHOR, Rbldnsd
-from smapd import config
-from smapd.dns import make_resolver
-from smapd.dnsbl import (RblResult, check_rbls, filter_matches, parse_filter, query_name,
+from smapd.table import keywords as config
+from smapd.dnsclient import make_resolver
+from smapd.smap.dns_checks import (RblResult, check_rbls, filter_matches, parse_filter, query_name,
                          sender_domain_ns)
 
 ZONES = {
@@ -318,9 +318,10 @@ def test_timeout_is_tempfail(net):
 
 JAILED = r"""
 import json, os, sys
-from smapd import config, privsep
-from smapd.dns import make_resolver
-from smapd.dnsbl import check_rbls, sender_domain_ns
+from smapd.table import keywords as config
+from smapd.prefork import privsep
+from smapd.dnsclient import make_resolver
+from smapd.smap.dns_checks import check_rbls, sender_domain_ns
 
 port, jail, uid, gid = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 res = make_resolver(["127.0.0.1:" + port], lifetime=3.0)

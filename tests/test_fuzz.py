@@ -20,12 +20,12 @@ import time
 from hypothesis import HealthCheck, event, example, given, settings, strategies as st
 
 from conftest import REFERENCE
-from smapd import deliver as deliver_module
-from smapd import queue as queue_module
-from smapd.netperm import Table, check_hosts, compile_host_pattern, compile_host_rule, quote, tokenize
-from smapd.smtp.protocol import AUTH_FAILURE_DELAY, MAX_COMMAND, Protocol, Settings
-from smapd.smtp.session import CHUNK, Closed, Framer, Limits
-from smapd.tcpwrap import Client, Tables
+from smapd.handoff import deliver as deliver_module
+from smapd import spool as queue_module
+from smapd.table.netperm import Table, check_hosts, compile_host_pattern, compile_host_rule, quote, tokenize
+from smapd.smap.protocol import AUTH_FAILURE_DELAY, MAX_COMMAND, Protocol, Settings
+from smapd.smap.session import CHUNK, Closed, Framer, Limits
+from smapd.sslgw.tcpwrap import Client, Tables
 
 
 # ============================================================== SMTP protocol
@@ -602,7 +602,7 @@ def test_netperm_host_patterns(patterns, addr, name):
     deciding any address with the rules that compiled never raises; an
     address pattern decides the same for an address, its text and (IPv4)
     its IPv4-mapped form; a name pattern never matches without a name."""
-    from smapd.netperm import Rule
+    from smapd.table.netperm import Rule
     rules = []
     for flag, texts in patterns:
         try:
@@ -818,7 +818,7 @@ _SPOOL_LINE = re.compile(rb"(FROM|RCPT|SENT) <([^<>\x00-\x1f\x7f]*)>")
 
 
 def expected_envelope(data):
-    """What the spool format (spool.py, queue.py) says of a file:
+    """What the spool format (spool.py) says of a file:
     (sender, recipients, sent, body offset), or None when it is not a
     deliverable spool file (corrupt, or an address that may not reach
     the MTA's argv: empty recipient, a leading '-', '|' or '/', a blank
@@ -938,7 +938,7 @@ def test_spool_files_are_delivered_or_moved_to_bad(sender, rcpts, body, ops, sta
         with open(os.path.join(spool_dir, name), "wb") as f:
             f.write(data)
         ino = os.stat(os.path.join(spool_dir, name)).st_ino
-        ctx = deliver_module.Context(sendmail=(mta,), baddir=bad, retry_max=3600, timeout=20, directory=".")
+        ctx = deliver_module.DeliverySettings(sendmail=(mta,), baddir=bad, retry_max=3600, timeout=20, directory=".")
         records, logger = _Records(), logging.getLogger("smapd")
         old_level, old_batch, cwd = logger.level, deliver_module.BATCH, os.getcwd()
         logger.addHandler(records)
@@ -999,8 +999,8 @@ def test_spool_files_are_delivered_or_moved_to_bad(sender, rcpts, body, ops, sta
         assert outcome == expected, (outcome, expected, _short(records.lines[-1:]))
         if outcome == "bad":
             assert len(in_bad) == 1
-            why = deliver_module.get_error(os.path.join(bad, in_bad[0]))
+            why = queue_module.get_error(os.path.join(bad, in_bad[0]))
             assert why and any("moved to" in line and why[:500] in line for line in records.lines), "no reason"
         elif outcome == "deferred":
             assert os.stat(os.path.join(spool_dir, name)).st_mtime > started + 30
-            assert deliver_module.get_error(os.path.join(spool_dir, name))
+            assert queue_module.get_error(os.path.join(spool_dir, name))

@@ -2,8 +2,8 @@
 
 import pytest
 
-from smapd import dns as sdns
-from smapd.netperm import Rule, check_hosts, compile_host_pattern, compile_host_rule
+from smapd import dnsclient as sdns
+from smapd.table.netperm import Rule, check_hosts, compile_host_pattern, compile_host_rule
 
 
 @pytest.mark.parametrize("pattern, addr, name, expected", [

@@ -7,7 +7,8 @@ import re
 import subprocess
 
 from conftest import ROOT
-from smapd import config, manpage
+from smapd.table import keywords as config
+from smapd.table import manpage
 
 PAGES = sorted(glob.glob(os.path.join(ROOT, "man", "man*", "*.[0-9]")))
 

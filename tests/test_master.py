@@ -13,8 +13,8 @@ import time
 import pytest
 
 from conftest import Daemon, command, free_port, nobody_ids, proc_status, wait_for
-from smapd import queue
-from smapd.scoreboard import BUSY, FREE, IDLE
+from smapd import spool as queue
+from smapd.prefork.scoreboard import BUSY, FREE, IDLE
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the master binds, chroots and drops privileges as root")
 

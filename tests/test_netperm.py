@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import REFERENCE_TABLE
-from smapd import netperm
-from smapd.netperm import Table, TokenError, quote, tokenize
+from smapd.table import netperm
+from smapd.table.netperm import Table, TokenError, quote, tokenize
 
 
 @pytest.mark.parametrize("text, tokens", [

@@ -78,6 +78,15 @@ def test_smap_rc_script(tmp_path, public_tmp, loopback_dns):
         assert r.returncode == 0 and f"master pid {pid}," in r.stdout
         assert rc("reload").returncode == 0
         syslog.wait(r"reloaded: listening on")
+        # A table the master would refuse: reload fails and says why, and
+        # no HUP is sent (the master logs no refusal).
+        good = open(table).read()
+        with open(table, "a") as f:
+            f.write("smmap: minspare 30\nsmmap: maxspare 10\n")
+        r = rc("reload")
+        assert r.returncode == 1 and "error: smmap: minspare 30 is above maxspare 10" in r.stdout, r.stdout
+        assert not [l for l in syslog.read() if "reload refused" in l]
+        open(table, "w").write(good)
         r = rc("stop")
         assert r.returncode == 0
         assert not pidfile.exists()
@@ -110,8 +119,13 @@ def test_smapd_rc_script(tmp_path, public_tmp):
         pid = int(wait_for(lambda: pidfile.read_text().strip(), what="the pid file"))
         syslog.wait(rf"smapd\[{pid}\]: started: spool {spool}")
         wait_for(lambda: rc("status").stdout == f"smapd is running as pid {pid}.\n", what="smapd's title")
+        assert rc("configtest").returncode == 0
         assert rc("reload").returncode == 0
         syslog.wait(r"smapd\[\d+\]: .*reload")
+        with open(table, "a") as f:
+            f.write("smmapd: wakeup never\n")
+        r = rc("reload")
+        assert r.returncode == 1 and "error: wakeup: 'never' is not a whole number" in r.stdout, r.stdout
         assert rc("stop").returncode == 0
         wait_for(lambda: not pidfile.exists(), what="the pid file to go")
     finally:

@@ -12,9 +12,9 @@ import pytest
 
 from conftest import Smtp, wait_for
 from smapd import spool as spool_module
-from smapd.smtp import session as session_module
-from smapd.smtp.protocol import MAX_COMMAND, Protocol, Settings
-from smapd.smtp.session import CHUNK, Framer, Limits, Session
+from smapd.smap import session as session_module
+from smapd.smap.protocol import MAX_COMMAND, Protocol, Settings
+from smapd.smap.session import CHUNK, Framer, Limits, Session
 
 
 class ChunkedSocket:
@@ -208,7 +208,7 @@ def test_commit_pokes_the_trigger_fifo(tmp_path):
 def test_directory_fsync_failure_takes_the_message_back(tmp_path, monkeypatch):
     def fail(directory):
         raise OSError(5, "Input/output error")
-    monkeypatch.setattr(spool_module, "_fsync_dir", fail)
+    monkeypatch.setattr(spool_module, "fsync_dir", fail)
     w = writer(tmp_path)
     with pytest.raises(OSError):
         w.commit()

@@ -12,8 +12,8 @@ import threading
 import pytest
 
 from conftest import Smtp, make_spool, wait_for
-from smapd.smtp.protocol import Protocol, Settings
-from smapd.smtp.session import Limits, Session
+from smapd.smap.protocol import Protocol, Settings
+from smapd.smap.session import Limits, Session
 
 
 def spool_files(spool, prefix=""):

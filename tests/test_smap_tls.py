@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from conftest import Smtp, assert_strong_tls, command, run_testssl, wait_for
-from smapd import queue
+from smapd import spool as queue
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="smap -daemon binds and jails as root")
 

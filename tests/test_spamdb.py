@@ -11,7 +11,7 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from smapd.spamdb import MAX_FILE_BYTES, Glob, SpamDatabase
+from smapd.smap.spamdb import MAX_FILE_BYTES, Glob, SpamDatabase
 
 
 def db_of(tmp_path, text, name="spam-db"):

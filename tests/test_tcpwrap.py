@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import REFERENCE
-from smapd.tcpwrap import Client, Decision, Tables, check
+from smapd.sslgw.tcpwrap import Client, Decision, Tables, check
 
 
 def tables(tmp_path, allow=None, deny=None):
@@ -160,7 +160,7 @@ def test_wildcards_take_linear_time(tmp_path):
 @given(glob=st.text("ab*?", max_size=8), text=st.text("ab", max_size=8))
 def test_wildcards_mean_what_a_regex_would(glob, text):
     import re
-    from smapd.tcpwrap import _wildcard_match
+    from smapd.sslgw.tcpwrap import _wildcard_match
     regex = "".join(".*" if c == "*" else "." if c == "?" else c for c in glob)
     assert _wildcard_match(glob, text) is bool(re.fullmatch(regex, text, re.DOTALL))
 
@@ -541,5 +541,5 @@ def test_needs_names(tmp_path, rules, needs):
 
 
 def test_wildcard_star_against_a_star_in_the_text():
-    from smapd.tcpwrap import _wildcard_match
+    from smapd.sslgw.tcpwrap import _wildcard_match
     assert _wildcard_match("*a", "*ba") and _wildcard_match("a*", "a*b") and not _wildcard_match("*a", "*b")

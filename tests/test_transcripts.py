@@ -17,8 +17,8 @@ import threading
 
 import pytest
 
-from smapd.smtp.protocol import Protocol, Settings
-from smapd.smtp.session import Limits, Session
+from smapd.smap.protocol import Protocol, Settings
+from smapd.smap.session import Limits, Session
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "transcripts")
 FILES = sorted(glob.glob(os.path.join(HERE, "*.txt")))

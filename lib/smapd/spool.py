@@ -1,10 +1,16 @@
-"""The spool: how smap commits a message so that nothing acknowledged is lost.
+"""The spool: the one module that knows the format of a queue file.
 
 What it does: `SpoolWriter` writes one message as `xma<id>` (O_CREAT|O_EXCL,
 mode 0600, under an fcntl write lock), streams the body into it, and on
 `commit()` flushes, fsyncs, renames it to `sma<id>`, fsyncs the directory,
 unlocks and pokes the `.trigger` FIFO so that smapd looks at once.  Only
 then may smap answer 250.  `abort()` removes the temporary file.
+`read_envelope()` parses the head of a committed file and says where the
+message starts; `list_spool()` lists the committed files; `mark_sent()`
+turns handed-off recipients' `RCPT` lines into `SENT` in place;
+`set_error()`/`get_error()` keep a file's last delivery error in an
+extended attribute.  smap writes through this module; smapd and smapctl
+read and mark through it.
 
 The format (LF line ends; the body dot-unstuffed, in canonical form):
 
@@ -14,13 +20,17 @@ The format (LF line ends; the body dot-unstuffed, in canonical form):
     Received: ...
     <message>
 
-What it trusts: the envelope it is given has been validated by the
-protocol (no CR, LF or NUL in an address); the directory is the spool
-(inside smap's jail it is "/").
+What it trusts: when writing, the envelope it is given has been
+validated by the protocol (no CR, LF or NUL in an address); the directory
+is the spool (inside smap's jail it is "/").  When reading, nothing in the
+file: a spool file may be truncated, edited by hand or planted; anything
+that is not exactly the format is `Corrupt`, with a reason for the log.
 
 What it must never do: leave an `sma*` file that is not complete and
-synced, reuse a queue id, or let a failure pass silently: every error is
-an OSError for the caller, who answers 451 and calls `abort()`.
+synced, reuse a queue id, let a write failure pass silently (every error
+is an OSError for the caller, who answers 451 and calls `abort()`), read
+a message body into memory, or accept an address read back that holds a
+control character or angle brackets.
 """
 
 from __future__ import annotations
@@ -28,11 +38,12 @@ from __future__ import annotations
 import fcntl
 import itertools
 import os
+import re
 import stat
 import time
-from email.utils import formatdate
+from dataclasses import dataclass, field
 
-from . import __version__
+from smapd.files import fsync_dir
 
 TEMP_PREFIX, READY_PREFIX, TRIGGER = "xma", "sma", ".trigger"
 _counter = itertools.count(1)
@@ -65,20 +76,6 @@ def queue_id_time(queue_id: str):
         return int(queue_id[:ID_TIME_DIGITS], 36) / 1e6
     except ValueError:
         return None
-
-
-def received_header(helo: str, client_name: str, client_addr: str, hostname: str, protocol: str,
-                    queue_id: str, recipients, when: float = None) -> bytes:
-    """The trace header (RFC 5321 4.4), folded, LF line ends."""
-    name = client_name or "unknown"
-    lines = [f"Received: from {helo} ({name} [{client_addr}])",
-             f"\tby {hostname} via smap (smapd {__version__}) with {protocol} id {queue_id}"]
-    if len(recipients) == 1:
-        lines.append(f"\tfor <{recipients[0]}>; {formatdate(when, localtime=True)}")
-    else:
-        lines[-1] += ";"
-        lines.append(f"\t{formatdate(when, localtime=True)}")
-    return ("\n".join(lines) + "\n").encode("ascii", "replace")
 
 
 class SpoolWriter:
@@ -121,7 +118,7 @@ class SpoolWriter:
             self.abort()
             raise
         try:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except OSError:
             # The rename may not survive a crash: take it back rather than
             # acknowledge a message that could vanish.
@@ -155,14 +152,6 @@ class SpoolWriter:
             pass
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def poke_trigger(directory: str) -> None:
     """Wake smapd through the FIFO; no reader, no FIFO, or a full pipe are
     all fine (smapd polls anyway)."""
@@ -177,3 +166,124 @@ def poke_trigger(directory: str) -> None:
         pass  # a full pipe already wakes smapd
     finally:
         os.close(fd)
+
+
+# ------------------------------------------------------------ reading back
+
+#: The longest envelope accepted: 10 000 recipients of 256 octets and more.
+MAX_ENVELOPE = 4 << 20
+_LINE = re.compile(rb"^(FROM|RCPT|SENT) <([^<>\x00-\x1f\x7f]*)>$")
+
+
+class Corrupt(Exception):
+    """The file is not a spool file smapd can deliver; the text says why."""
+
+
+@dataclass
+class Queued:
+    """The envelope of a committed spool file, as read back."""
+
+    sender: str
+    recipients: list                              # every recipient, in SMTP order
+    sent: list = field(default_factory=list)      # those already handed off
+    body_offset: int = 0
+    rcpt_offsets: dict = field(default_factory=dict)  # pending recipient -> offsets of its RCPT lines
+
+    @property
+    def pending(self) -> list:
+        """Recipients not yet handed off, in SMTP order."""
+        done = set(self.sent)
+        return [r for r in self.recipients if r not in done]
+
+
+def read_envelope(f) -> Queued:
+    """Parse the envelope from a binary file object positioned anywhere.
+
+    A recipient handed off already has its `RCPT` turned into `SENT` in
+    place (same length: the file never moves, see mark_sent)."""
+    f.seek(0)
+    env = Queued(None, [])
+    offset = 0
+    while True:
+        line = f.readline(MAX_ENVELOPE)
+        if not line:
+            raise Corrupt("no BODY line (truncated file)")
+        start, offset = offset, offset + len(line)
+        if offset > MAX_ENVELOPE:
+            raise Corrupt("envelope too large")
+        if not line.endswith(b"\n"):
+            raise Corrupt("truncated envelope line")
+        line = line[:-1]
+        if line == b"BODY":
+            break
+        m = _LINE.match(line)
+        if not m:
+            raise Corrupt(f"bad envelope line {line[:60]!r}")
+        kind, addr = m.group(1), m.group(2).decode("utf-8", "surrogateescape")
+        if kind == b"FROM":
+            if env.sender is not None or env.recipients:
+                raise Corrupt("FROM is not the first line, or appears twice")
+            env.sender = addr
+            continue
+        if env.sender is None:
+            raise Corrupt("the first line is not FROM")
+        if not addr:
+            raise Corrupt("empty recipient")
+        env.recipients.append(addr)
+        if kind == b"SENT":
+            env.sent.append(addr)
+        else:
+            env.rcpt_offsets.setdefault(addr, []).append(start)
+    if env.sender is None:
+        raise Corrupt("no FROM line")
+    if not env.recipients:
+        raise Corrupt("no RCPT line")
+    env.body_offset = offset
+    return env
+
+
+def list_spool(directory: str) -> list:
+    """The committed spool files (`sma*`), oldest first by name."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.startswith(READY_PREFIX))
+
+
+# ------------------------------------------------------------ marking
+
+def mark_sent(fd: int, env: Queued, batch) -> None:
+    """Turn the batch's RCPT lines into SENT lines, in place and synced:
+    the same length, so the file neither grows nor moves, and its lock
+    (the caller's) is never let go.  Needs no free space."""
+    for r in batch:
+        for offset in env.rcpt_offsets.pop(r, ()):
+            os.pwrite(fd, b"SENT", offset)
+    os.fsync(fd)
+    env.sent.extend(batch)
+
+
+#: The extended attribute that keeps a file's last error for smapctl queue.
+ERROR_XATTR = "user.smapd.error"
+
+
+def set_error(fd, text: str) -> None:
+    try:
+        os.setxattr(fd, ERROR_XATTR, text.encode("utf-8", "replace")[:1000])
+    except OSError:
+        pass  # a file system without user xattrs: the log has it anyway
+
+
+def get_error(path: str) -> str:
+    try:
+        return os.getxattr(path, ERROR_XATTR, follow_symlinks=False).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def clear_error(fd) -> None:
+    try:
+        os.removexattr(fd, ERROR_XATTR)
+    except OSError:
+        pass

@@ -1,0 +1,375 @@
+"""smapd's hand-off of one spool file to the real MTA.
+
+What it does: `deliver(name, ctx)` claims `sma<id>` with a non-blocking
+fcntl lock (a locked file belongs to another smapd and is skipped),
+checks it is still the file it opened and that it is due, reads its
+envelope, re-checks every address, and runs
+
+    [sendmail..., "-oi", "-f", SENDER, "--", RCPT...]
+
+with no shell and the message on stdin, at most BATCH recipients at a
+time.  The exit status decides (DESIGN.md section 6):
+
+    0                        handed off: the batch's RCPT lines become
+                             SENT lines (in place) when more batches
+                             remain; the file is unlinked, then unlocked,
+                             when none remains
+    67 EX_NOUSER             done: the MTA has bounced it
+    69 71 72 74 75 77        (EX_UNAVAILABLE, EX_OSERR, EX_OSFILE,
+    a signal, the time-out   EX_IOERR, EX_TEMPFAIL, EX_NOPERM) temporary:
+                             retried later, the next attempt being the
+                             file's mtime
+    anything else, a corrupt file, a refused address
+                             moved to baddir with a log line saying why
+
+What it trusts: the MTA's exit status; nothing in the spool file, which
+may be corrupt or planted (spool.read_envelope says what is wrong).
+
+What it must never do: let an address become an option or a shell word,
+deliver a file it does not hold the lock on, delete a file that was not
+handed off without moving it to baddir and logging why, or hand a
+recipient off twice when its SENT line could be written first.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import select
+import signal
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+
+from smapd import spool
+from smapd.files import fsync_dir
+from smapd.spool import queue_id_time, set_error
+
+log = logging.getLogger("smapd")
+
+#: Recipients per sendmail run; SENT lines record each finished batch.
+BATCH = 100
+#: The shortest wait before a retry.
+MIN_RETRY = 60
+#: sysexits(3) values that mean "try again later".
+TEMPORARY = {69, 71, 72, 74, 75, 77}
+EX_NOUSER = 67
+#: run_sendmail's status when the batch's addresses do not fit in an
+#: argv (E2BIG: only a planted file has such addresses): no later
+#: attempt can do better, so the file goes to baddir.
+ARGV_TOO_LONG = -1
+@dataclass
+class DeliverySettings:
+    sendmail: tuple            # the command and its fixed arguments
+    baddir: str
+    retry_max: int = 3600
+    timeout: float = 600
+    directory: str = "."       # the spool (smapd's working directory)
+
+
+def address_problem(addr: str, sender: bool = False):
+    """Why an address from a spool file may not reach the MTA's argv."""
+    if not addr:
+        return None if sender else "empty address"
+    if addr[0] in "-|/":
+        return f"address {addr!r} starts with {addr[0]!r}"
+    if any(ord(c) < 33 or ord(c) == 127 for c in addr):
+        return f"address {addr!r} holds blanks or control characters"
+    return None
+
+
+def next_delay(queue_id: str, st, now: float, retry_max: int) -> float:
+    """Exponential back-off kept without any state but the file: wait as
+    long as the message is old (so the waits double), at least MIN_RETRY,
+    at most retry_max."""
+    birth = queue_id_time(queue_id)
+    if birth is None or birth > now:
+        birth = st.st_ctime
+    return float(min(retry_max, max(MIN_RETRY, now - birth)))
+
+
+class Claim:
+    """A locked spool file and what is known of it."""
+
+    def __init__(self, name: str, fd: int, ro: int):
+        self.name, self.fd, self.ro = name, fd, ro
+        self.id = name[len(spool.READY_PREFIX):]
+
+    def close(self):
+        # Only now, when all is done: closing either drops the lock.
+        os.close(self.ro)
+        os.close(self.fd)
+
+
+class NotAFile(Exception):
+    """An `sma*` name that is no regular file (planted, or a mistake)."""
+
+
+def claim(name: str):
+    """Lock `name` or return None (gone, locked by another smapd, replaced
+    since we opened it).  NotAFile for a symlink, directory, FIFO..."""
+    try:
+        st = os.lstat(name)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise NotAFile(f"not a regular file (mode {st.st_mode:o})")
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise NotAFile(f"cannot open it: {e.strerror}") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    try:
+        same = os.lstat(name).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        same = False
+    if not same or not stat.S_ISREG(os.fstat(fd).st_mode):  # delivered by another smapd meanwhile
+        os.close(fd)
+        return None
+    # A read-only descriptor for the MTA's stdin, opened now and closed
+    # with the claim (closing it earlier would drop the lock).
+    try:
+        ro = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        os.close(fd)
+        return None
+    if os.fstat(ro).st_ino != os.fstat(fd).st_ino:
+        os.close(ro)
+        os.close(fd)
+        return None
+    return Claim(name, fd, ro)
+
+
+def _move(src: str, directory: str) -> str:
+    """Move `src` into `directory` without replacing anything there (link,
+    then unlink: an existing name gets a suffix .1, .2...); returns the
+    new path.  Both must be on one file system (checked at start-up)."""
+    target = os.path.join(directory, os.path.basename(src))
+    for n in range(100):
+        try:
+            if os.path.isdir(src) and not os.path.islink(src):
+                if os.path.lexists(target):
+                    raise FileExistsError(errno.EEXIST, "exists", target)
+                os.rename(src, target)  # a directory cannot be linked
+                break
+            try:
+                os.link(src, target, follow_symlinks=False)
+            except PermissionError:
+                # protected_hardlinks: a file of another owner cannot be
+                # linked; rename it, having made sure the name is free.
+                if os.path.lexists(target):
+                    raise FileExistsError(errno.EEXIST, "exists", target) from None
+                os.rename(src, target)
+                break
+            os.unlink(src)
+            break
+        except FileExistsError:
+            target = os.path.join(directory, f"{os.path.basename(src)}.{n + 1}")
+    else:
+        raise OSError(errno.EEXIST, "too many files of that name", target)
+    fsync_dir(directory)
+    fsync_dir(os.path.dirname(src) or ".")
+    return target
+
+
+def move_to_bad(c: Claim, ctx: DeliverySettings, why: str) -> None:
+    set_error(c.fd, why)
+    try:
+        target = _move(c.name, ctx.baddir)
+    except OSError as e:
+        log.error("id=%s cannot move to %s: %s; kept in the spool (%s)", c.id, ctx.baddir, e.strerror, why)
+        reschedule(c, ctx, f"{why}; and moving it to {ctx.baddir} failed: {e.strerror}")
+        return
+    log.warning("id=%s moved to %s: %s", c.id, target, why)
+
+
+def move_name_to_bad(name: str, ctx: DeliverySettings, why: str) -> bool:
+    """For what cannot be claimed (a symlink, a directory, a FIFO): moved
+    by name, never opened.  False when it could not be moved."""
+    qid = name[len(spool.READY_PREFIX):]
+    try:
+        target = _move(name, ctx.baddir)
+    except OSError as e:
+        log.error("id=%s cannot move to %s: %s (%s)", qid, ctx.baddir, e.strerror, why)
+        return False
+    log.warning("id=%s moved to %s: %s", qid, target, why)
+    return True
+
+
+def reschedule(c: Claim, ctx: DeliverySettings, why: str) -> None:
+    now = time.time()
+    st = os.fstat(c.fd)
+    delay = next_delay(c.id, st, now, ctx.retry_max)
+    set_error(c.fd, why)
+    os.utime(c.fd, (now, now + delay))
+    log.info("id=%s deferred: %s; next attempt in %ds", c.id, why, delay)
+
+
+#: The end of the MTA's stderr kept for the log line.
+STDERR_KEPT = 8192
+
+
+def _wait_mta(proc, timeout: float):
+    """The MTA's stderr (its end) once it has exited, or None when it
+    was killed at the time-out.  Its exit is what counts: a process it
+    left behind may hold its stderr open for much longer (a background
+    delivery), and waiting for that would hold the claim, then call a
+    delivered message timed out and deliver it again."""
+    deadline = time.monotonic() + timeout
+    err = bytearray()
+    pipe = proc.stderr
+    try:
+        while proc.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                proc.wait()
+                return None
+            if pipe is None:
+                try:
+                    proc.wait(timeout=min(left, 1.0))
+                except subprocess.TimeoutExpired:
+                    pass
+                continue
+            if select.select([pipe], [], [], min(left, 1.0))[0]:
+                chunk = os.read(pipe.fileno(), 4096)
+                if chunk:
+                    err += chunk
+                    del err[:-STDERR_KEPT]
+                else:
+                    pipe.close()  # end of its stderr; its exit is still to come
+                    pipe = None
+        for _ in range(64):  # what it wrote before it exited (a leftover may go on writing)
+            if pipe is None or not select.select([pipe], [], [], 0)[0]:
+                break
+            chunk = os.read(pipe.fileno(), 4096)
+            if not chunk:
+                break
+            err += chunk
+            del err[:-STDERR_KEPT]
+        return bytes(err)
+    finally:
+        if pipe is not None:
+            pipe.close()
+
+
+def run_sendmail(ctx: DeliverySettings, sender: str, rcpts, fd: int, offset: int):
+    """(status, reason): status 0 or a sysexits value, None for a signal
+    or the time-out (both temporary), or ARGV_TOO_LONG.  The MTA reads the message
+    from `fd` (the claim's read-only descriptor) from `offset` on."""
+    argv = [*ctx.sendmail, "-oi", "-f", sender, "--", *rcpts]
+    os.lseek(fd, offset, os.SEEK_SET)
+    try:
+        proc = subprocess.Popen(argv, stdin=fd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True, close_fds=True)
+    except OSError as e:
+        return ARGV_TOO_LONG if e.errno == errno.E2BIG else None, f"cannot run {ctx.sendmail[0]}: {e.strerror}"
+    err = _wait_mta(proc, ctx.timeout)
+    if err is None:
+        return None, f"{ctx.sendmail[0]} timed out after {ctx.timeout:g}s and was killed"
+    text = err.decode("utf-8", "replace").strip().splitlines()
+    said = f": {text[-1][:200]}" if text else ""
+    if proc.returncode < 0:
+        return None, f"{ctx.sendmail[0]} killed by signal {-proc.returncode}{said}"
+    return proc.returncode, f"{ctx.sendmail[0]} exited {proc.returncode}{said}"
+
+
+#: Exit statuses of a delivery child, for the runner: done; skipped (try
+#: again after a short while); stuck (could not even be moved to bad/).
+DONE, SKIPPED, STUCK = 0, 10, 11
+
+
+def deliver(name: str, ctx: DeliverySettings) -> int:
+    """Hand one spool file off.  Returns DONE (delivered, deferred, moved
+    to bad/), SKIPPED (locked by another process, not due, gone) or STUCK
+    (not a file, and it could not be moved to bad/)."""
+    try:
+        c = claim(name)
+    except NotAFile as e:
+        return DONE if move_name_to_bad(name, ctx, f"refused: {e}") else STUCK
+    if c is None:
+        return SKIPPED
+    try:
+        return _deliver(c, ctx)
+    finally:
+        c.close()
+
+
+def _deliver(c: Claim, ctx: DeliverySettings) -> int:
+    if os.fstat(c.fd).st_mtime > time.time() + 1:
+        return SKIPPED  # rescheduled by another smapd meanwhile
+    # Never close another descriptor of a locked file: closing any of
+    # them drops the process's fcntl lock (POSIX).  Hence closefd=False
+    # here, and the claim's read-only descriptor as the MTA's stdin below.
+    with open(c.fd, "rb", closefd=False) as f:
+        try:
+            env = spool.read_envelope(f)
+        except spool.Corrupt as e:
+            move_to_bad(c, ctx, f"corrupt spool file: {e}")
+            return DONE
+    for addr, is_sender in [(env.sender, True)] + [(r, False) for r in env.recipients]:
+        problem = address_problem(addr, is_sender)
+        if problem:
+            move_to_bad(c, ctx, f"refused: {problem}")
+            return DONE
+    # Each recipient once: a repeated RCPT line must not hand a recipient
+    # off again in a later batch, after its SENT lines were written.
+    pending = list(dict.fromkeys(env.pending))
+    if not pending:
+        # Every recipient has a SENT line: nothing is left to hand off, so
+        # the file goes as after a last batch (kept, every scan would
+        # claim it again at once).
+        log.info("id=%s from=<%s> nrcpt=0 sent (every recipient has a SENT line)", c.id, env.sender)
+        try:
+            os.unlink(c.name)
+            fsync_dir(ctx.directory)
+        except OSError as e:
+            try:
+                reschedule(c, ctx, f"removing a file without pending recipients failed: {e.strerror}")
+            except OSError:
+                pass
+        return DONE
+    while pending:
+        batch, pending = pending[:BATCH], pending[BATCH:]
+        status, why = run_sendmail(ctx, env.sender, batch, c.ro, env.body_offset)
+        if status is None or status in TEMPORARY:
+            if env.sent:
+                log.info("id=%s %d of %d recipients handed off before the failure", c.id,
+                         len(env.sent), len(env.recipients))
+            reschedule(c, ctx, why)
+            return DONE
+        if status not in (0, EX_NOUSER):
+            move_to_bad(c, ctx, f"refused: {why}" if status == ARGV_TOO_LONG else f"refused by the MTA: {why}")
+            return DONE
+        outcome = "sent" if status == 0 else f"bounced by the MTA ({why})"
+        log.info("id=%s from=<%s> nrcpt=%d %s", c.id, env.sender, len(batch), outcome)
+        try:
+            if pending:
+                spool.mark_sent(c.fd, env, batch)
+            else:
+                os.unlink(c.name)  # unlink, then unlock (the caller closes)
+                fsync_dir(ctx.directory)
+        except OSError as e:
+            # Handed off, but not recorded: never retry at once (that would
+            # hand the same batch off again and again).
+            log.error("id=%s handed off, but recording it failed: %s", c.id, e.strerror)
+            try:
+                reschedule(c, ctx, f"recording a hand-off failed: {e.strerror}")
+            except OSError:
+                pass
+            return DONE
+    return DONE

@@ -1,0 +1,267 @@
+"""smapd: the spool runner daemon.
+
+What it does (once daemon.py has dropped privileges and made the
+spool its working directory): loops: reap delivery children; scan the `sma*`
+files; fork a child for each due file not already being delivered, up to
+`maxchildren` (each child claims its file with an fcntl lock, see
+deliver.py, so two smapd on one spool deliver each message once); remove
+`xma*` files older than a day (with a log line); then sleep until the
+`.trigger` FIFO is written (smap pokes it after each commit), a child
+ends, a signal comes, or `wakeup` seconds pass.
+
+Signals (handlers only write the self-pipe): HUP re-reads the table (a
+broken one is logged and the old settings kept), TERM and INT stop
+scanning and let running deliveries finish, CHLD wakes the loop.
+
+What it trusts: its table and the MTA's exit statuses.
+
+What it must never do: deliver from anywhere but its working directory,
+retry a file in a loop, or exit with a delivery half-done: the children
+finish before smapd does.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import stat
+import time
+
+from smapd.table import keywords
+from smapd.handoff import deliver
+from smapd.table.netperm import ConfigError, Table
+from smapd import spool
+from smapd.spool import TEMP_PREFIX, TRIGGER
+
+log = logging.getLogger("smapd")
+
+STALE_TEMP = 86400
+#: Seconds a file whose delivery child crashed is left alone.
+CRASH_PAUSE = 60
+
+
+try:  # imported now: after the privilege drop the interpreter's files may be out of reach
+    from setproctitle import setproctitle as _setproctitle
+except ImportError:  # pragma: no cover - a declared dependency
+    _setproctitle = None
+
+
+def _title(text: str) -> None:
+    if _setproctitle:
+        _setproctitle(text)
+
+
+def context(settings) -> deliver.DeliverySettings:
+    return deliver.DeliverySettings(sendmail=settings["sendmail"], baddir=settings["baddir"],
+                           retry_max=settings["retry-max"], timeout=settings["sendmail-timeout"],
+                           directory=".")
+
+
+class Runner:
+    def __init__(self, settings, reload=None, prog="smapd", close_in_children=()):
+        self.settings = settings
+        #: Descriptors a delivery child must not keep (the pid file's: its
+        #: flock would outlive smapd in a child that is still delivering).
+        self.close_in_children = tuple(close_in_children)
+        self.reload_settings = reload   # callable giving new settings, or raising ConfigError
+        self.prog = prog
+        self.children = {}              # pid -> spool file name
+        self.skip_until = {}            # spool file name -> time before which it is not tried
+        self.stopping = False
+        self.want_reload = False
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.fifo = None
+        self._fifo_keep = None
+
+    # ------------------------------------------------------------ setup
+
+    def open_trigger(self) -> None:
+        """The FIFO smap writes to; held open for writing too, so that a
+        read never sees end-of-file between two writers.  Anything else
+        under that name (a file, a symlink: whoever can write the spool
+        can plant one) is replaced by a FIFO."""
+        try:
+            st = os.lstat(TRIGGER)
+            if not stat.S_ISFIFO(st.st_mode):
+                log.warning("%s was not a FIFO (mode %o): replaced", TRIGGER, st.st_mode)
+                os.unlink(TRIGGER)
+        except FileNotFoundError:
+            pass
+        try:
+            os.mkfifo(TRIGGER, 0o622)
+        except FileExistsError:
+            pass
+        flags = os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.fifo = os.open(TRIGGER, os.O_RDONLY | flags)
+        if not stat.S_ISFIFO(os.fstat(self.fifo).st_mode):
+            raise OSError(f"{TRIGGER} is not a FIFO")
+        os.fchmod(self.fifo, 0o622)  # smap may run under another uid than ours
+        self._fifo_keep = os.open(TRIGGER, os.O_WRONLY | flags)
+
+    def install_signals(self) -> None:
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGCHLD, lambda *a: None)
+
+    def _on_hup(self, *a):
+        self.want_reload = True
+
+    def _on_term(self, *a):
+        self.stopping = True
+
+    # ------------------------------------------------------------- loop
+
+    def run(self) -> int:
+        self.open_trigger()
+        self.install_signals()
+        log.info("started: spool %s, sendmail %s, wakeup %ds, maxchildren %d", os.getcwd(),
+                 " ".join(self.settings["sendmail"]), self.settings["wakeup"], self.settings["maxchildren"])
+        while True:
+            self.reap()
+            if self.want_reload:
+                self.want_reload = False
+                self.reload()
+            if self.stopping:
+                if not self.children:
+                    log.info("stopped")
+                    return 0
+                _title(f"{self.prog}: stopping, {len(self.children)} deliveries running")
+            else:
+                next_due = self.scan()
+                self.remove_stale_temps()
+                _title(f"{self.prog}: {len(self.children)} deliveries running")
+            self.sleep(self.settings["wakeup"] if self.stopping else next_due)
+
+    def scan(self) -> float:
+        """Start children for due files; returns seconds until the next
+        known due time (at most `wakeup`)."""
+        now = time.time()
+        wait = float(self.settings["wakeup"])
+        busy = set(self.children.values())
+        for name, until in list(self.skip_until.items()):
+            if until <= now:
+                del self.skip_until[name]
+        try:
+            names = spool.list_spool(".")
+        except OSError as e:
+            log.error("cannot read the spool: %s", e.strerror)
+            return wait
+        for name in names:
+            if name in busy or name in self.skip_until:
+                continue
+            try:
+                due = os.lstat(name).st_mtime
+            except FileNotFoundError:
+                continue
+            if due > now:
+                wait = min(wait, due - now)
+                continue
+            if len(self.children) >= self.settings["maxchildren"]:
+                return 0.5  # look again soon: a child will end
+            self.spawn(name)
+        return max(wait, 0.05)
+
+    def spawn(self, name: str) -> None:
+        ctx = context(self.settings)
+        try:
+            pid = os.fork()
+        except OSError as e:
+            log.error("cannot fork a delivery child: %s", e.strerror)
+            self.skip_until[name] = time.time() + CRASH_PAUSE
+            return
+        if pid == 0:
+            code = 1
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                # A delivery, once begun, is finished: ^C on smapd -d or a
+                # TERM to the process group must not kill the child while
+                # the MTA (in a session of its own) goes on, which would
+                # make the message go out twice.
+                for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                    signal.signal(s, signal.SIG_IGN)
+                os.close(self.wake_r)
+                os.close(self.wake_w)
+                for fd in self.close_in_children:
+                    os.close(fd)
+                _title(f"{self.prog}: delivering {name[len(spool.READY_PREFIX):]}")
+                code = deliver.deliver(name, ctx)
+            except BaseException:
+                log.exception("delivery of %s failed", name)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = name
+
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            name = self.children.pop(pid, None)
+            code = os.waitstatus_to_exitcode(status)
+            if not name or code == deliver.DONE:
+                continue
+            if code == deliver.SKIPPED:
+                # Locked by another process, or not due: not again at once.
+                self.skip_until[name] = time.time() + max(1, min(self.settings["wakeup"], 10))
+            elif code == deliver.STUCK:
+                self.skip_until[name] = time.time() + CRASH_PAUSE  # the child has said why
+            else:
+                log.error("delivery child %d for %s ended with status %d; not retried for %ds", pid, name,
+                          code, CRASH_PAUSE)
+                self.skip_until[name] = time.time() + CRASH_PAUSE
+
+    def remove_stale_temps(self) -> None:
+        now = time.time()
+        try:
+            names = [n for n in os.listdir(".") if n.startswith(TEMP_PREFIX)]
+        except OSError:
+            return
+        for n in names:
+            try:
+                if now - os.stat(n).st_mtime > STALE_TEMP:
+                    os.unlink(n)
+                    log.warning("removed %s: an unfinished spool file older than a day (never acknowledged)", n)
+            except OSError:
+                pass
+
+    def sleep(self, seconds: float) -> None:
+        p = select.poll()
+        p.register(self.fifo, select.POLLIN)
+        p.register(self.wake_r, select.POLLIN)
+        try:
+            p.poll(max(0, int(seconds * 1000)))
+        except InterruptedError:
+            pass
+        for fd in (self.fifo, self.wake_r):
+            try:
+                os.read(fd, 65536)  # bounded: a busy writer cannot keep us here
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    raise
+
+    def reload(self) -> None:
+        if not self.reload_settings:
+            return
+        try:
+            self.settings = self.reload_settings()
+        except ConfigError as e:
+            for d in e.diagnostics:
+                log.error("reload refused, the old settings stay: %s", str(d))
+            return
+        log.info("reloaded the table")
+
+
+def load(path: str, name: str):
+    """The settings of smapd under `name`, or ConfigError."""
+    return keywords.load_or_die(Table.read(path), keywords.SMAPD, (name,)).settings

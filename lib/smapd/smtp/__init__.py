@@ -1,1 +1,0 @@
-"""SMTP for smap: the pure protocol state machine and the socket session."""

@@ -1,0 +1,58 @@
+"""How a program finds its table and the names it reads it under.
+
+What it does: the common start of every program: the table path
+(`--config`, then `NETPERM_TABLE`, then the FWTK default), the name(s)
+under which it reads its lines (the basename of argv[0], so that `smap`
+installed as `smmap` reads `smmap:` lines, unless a trailing name
+argument is given), and loading the settings or exiting with every
+error as file:line.
+
+What it trusts: argv and the environment of the operator who started it.
+
+What it must never do: start serving with a table that has errors for
+this program.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from smapd import DEFAULT_TABLE
+from smapd.exits import EXIT_CONFIG
+from smapd.table import keywords
+from smapd.table.netperm import ConfigError, Table
+
+
+def table_path(option=None) -> str:
+    return option or os.environ.get("NETPERM_TABLE") or DEFAULT_TABLE
+
+
+def invoked_name(argv0: str, explicit=None) -> str:
+    return explicit or os.path.basename(argv0) or "smap"
+
+
+def load_settings(program: str, names, path: str, prog: str, inetd_refusal: bytes = None):
+    """The program's settings, or exit 2 after reporting every error: on
+    stderr, or under inetd (`inetd_refusal` given) in the log (with the
+    defaults: facility mail, the usual syslog socket), the client getting
+    only `inetd_refusal` (a protocol's own "try later") on fd 0."""
+    try:
+        table = Table.read(path)
+        loaded = keywords.load_or_die(table, program, names)
+    except ConfigError as e:
+        if inetd_refusal is not None:
+            from smapd import log
+            logger = log.setup(prog)
+            for d in e.diagnostics:
+                logger.error("%s", str(d))
+            if inetd_refusal:
+                try:
+                    os.write(0, inetd_refusal)  # fd 0 is the connection; 1 and 2 are silenced
+                except OSError:
+                    pass
+        else:
+            for d in e.diagnostics:
+                print(f"{prog}: {d}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    return loaded.settings
