@@ -82,9 +82,9 @@ def test_smap_rc_script(tmp_path, public_tmp, loopback_dns):
         # no HUP is sent (the master logs no refusal).
         good = open(table).read()
         with open(table, "a") as f:
-            f.write("smmap: minspare 30\nsmmap: maxspare 10\n")
+            f.write("smmap: maxspare 1\n")
         r = rc("reload")
-        assert r.returncode == 1 and "error: smmap: minspare 30 is above maxspare 10" in r.stdout, r.stdout
+        assert r.returncode == 1 and "error: smmap: minspare 2 is above maxspare 1" in r.stdout, r.stdout
         assert not [l for l in syslog.read() if "reload refused" in l]
         open(table, "w").write(good)
         r = rc("stop")

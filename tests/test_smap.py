@@ -272,3 +272,42 @@ def test_table_errors_never_reach_the_client(tmp_path, smap, spool):
     assert s.reply() == (421, ["421 4.3.0 Service temporarily unavailable (configuration error)"])
     assert s.closed()
     assert proc.proc.wait(10) == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the jail needs root")
+def test_inetd_mode_looks_the_client_up_inside_the_jail(tmp_path, smap_table, loopback_dns):
+    """Under inetd, as in a daemon's child, DNS answers about the client
+    (a client-controlled reverse zone) are parsed only after chroot and
+    setuid: strace shows the order of the system calls."""
+    from conftest import children, command, free_port
+    spool = make_spool(tmp_path / "spool")
+    table = smap_table(spool, "smap: relay-domain example.org\n")
+    trace = tmp_path / "trace"
+    port = free_port()
+    activate = subprocess.Popen(
+        ["systemd-socket-activate", "--accept", "--inetd", "-l", f"127.0.0.1:{port}",
+         "strace", "-f", "-qq", "-o", str(trace), "-e", "trace=chroot,setuid,sendto,sendmmsg",
+         command("smap"), "--config", table],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def greeting():
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            except OSError:
+                return None
+            return s
+        s = wait_for(greeting, what="systemd-socket-activate listening")
+        c = Smtp(s)
+        assert c.reply()[0] == 220
+        c.cmd("QUIT")
+        c.close()
+        wait_for(lambda: not children(activate.pid), what="smap to exit")
+    finally:
+        activate.terminate()
+        activate.wait(10)
+    calls = trace.read_text().splitlines()
+    chroot = next(i for i, line in enumerate(calls) if re.search(r"chroot\(\".*\"\)\s+= 0", line))
+    setuid = next(i for i, line in enumerate(calls) if re.search(r"setuid\([1-9]\d*\)\s+= 0", line))
+    dns = [i for i, line in enumerate(calls) if f"htons({loopback_dns})" in line]
+    assert dns, "no DNS query for the client: " + "\n".join(calls)
+    assert chroot < setuid < dns[0], "\n".join(calls)

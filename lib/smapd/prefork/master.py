@@ -55,7 +55,7 @@ from smapd import log as slog
 from smapd.table.netperm import ConfigError
 from smapd.addresses import client_address
 from smapd.prefork.pidfile import PidFile
-from smapd.prefork.privsep import EXIT_BOOT, PrivsepError, enter_jail
+from smapd.prefork.privsep import EXIT_BOOT, PrivsepError, enter_jail, jail_for
 from smapd.exits import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, Unusable
 from smapd.prefork.scoreboard import BUSY, IDLE, STARTING, STOPPING, Scoreboard
 
@@ -113,10 +113,15 @@ class Service:
         """Read the table again (HUP); raises ConfigError."""
         raise NotImplementedError
 
-    def problems(self, settings) -> list:
+    def problems(self, settings, standalone: bool = False) -> list:
         """What makes these settings unusable, seen without reading the
-        files they name (error texts)."""
+        files they name (error texts); `standalone`: for one connection
+        on fd 0 (no listeners of its own)."""
         return []
+
+    def unavailable(self, conn: socket.socket, addr: str, settings, reason: str) -> None:
+        """Tell a client that the service cannot serve it now, and close."""
+        conn.close()
 
     def listeners(self, settings) -> list:
         raise NotImplementedError
@@ -377,23 +382,12 @@ class Master:
 
     # ------------------------------------------------------------ start
 
-    def _jail_for(self, settings):
-        """(directory, uid, gid) when running as root, else None."""
-        if os.geteuid() != 0:
-            return None
-        from smapd.prefork.privsep import resolve_ids
-        uid, gid = resolve_ids(settings["userid"], settings["groupid"])
-        if (uid == 0 or gid == 0) and not self.allow_root:
-            raise PrivsepError(f"refusing to run children as uid {uid}, gid {gid}: root is what the jail is for "
-                               "(--allow-root forces it)")
-        return settings["directory"], uid, gid
-
     def start(self) -> int:
         """Everything that can fail is checked while stderr is still the
         operator's terminal; then detach and serve."""
         s = self.settings
         try:
-            self.jail = self._jail_for(s)
+            self.jail = jail_for(s, self.allow_root)
         except PrivsepError as e:
             print(f"{self.service.prog}: {e}", file=sys.stderr)
             return EXIT_CONFIG
@@ -682,7 +676,7 @@ class Master:
     def reload(self) -> None:
         try:
             new = self.service.load()
-            jail = self._jail_for(new)
+            jail = jail_for(new, self.allow_root)
         except ConfigError as e:
             for d in e.diagnostics:
                 log.error("%s", str(d))

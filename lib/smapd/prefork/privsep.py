@@ -46,6 +46,19 @@ def resolve_ids(userid, groupid):
     return resolve_id(userid, "user"), resolve_id(groupid, "group")
 
 
+def jail_for(settings, allow_root: bool = False):
+    """(directory, uid, gid) of the jail the settings name, when running as
+    root (None otherwise: a test's unprivileged run).  PrivsepError for an
+    unknown account or, unless forced, uid or gid 0."""
+    if os.geteuid() != 0:
+        return None
+    uid, gid = resolve_ids(settings["userid"], settings["groupid"])
+    if (uid == 0 or gid == 0) and not allow_root:
+        raise PrivsepError(f"refusing to run children as uid {uid}, gid {gid}: root is what the jail is for "
+                           "(--allow-root forces it)")
+    return settings["directory"], uid, gid
+
+
 def enter_jail(directory, uid: int, gid: int, allow_root: bool = False) -> None:
     """chroot to `directory` (None: no chroot, chdir only) and become
     uid/gid with no other group.  Must be called as root."""

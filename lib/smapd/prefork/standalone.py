@@ -4,16 +4,30 @@ systemd's Accept=yes hand it to a program.
 What it does: tells whether the program was started so
 (`stderr_is_socket`), and then points fds 1 and 2 away from the client
 (`silence_inetd_output`), so that nothing but the protocol reaches it.
+`serve_one()` serves that connection the way a daemon's child serves
+one it accepted (master.py), with the same `Service`: prepare as root
+(keys, resolvers, what the jail lacks), enter the jail, and only then
+`service.serve()`, which looks the client up and reads its first byte.
 
-What it trusts: the descriptors it was started with.
+What it trusts: the descriptors it was started with; the settings, read
+by root.
 
-What it must never do: write to fd 1 or 2 under inetd.
+What it must never do: write to fd 1 or 2 under inetd, or read a byte of
+the client's before the jail (when started as root).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import stat
+
+from smapd.addresses import client_address
+from smapd.exits import EXIT_OK, EXIT_RUNTIME, Unusable
+from smapd.prefork.privsep import EXIT_BOOT, PrivsepError, enter_jail, jail_for
+
+log = logging.getLogger("smapd")
 
 
 def stderr_is_socket() -> bool:
@@ -36,3 +50,54 @@ def silence_inetd_output(prog: str) -> bool:
     os.dup2(devnull, 2)
     os.close(devnull)
     return True
+
+
+class One:
+    """What a service's serve() sees of its process in stand-alone mode:
+    no scoreboard (inetd's per_source, xinetd's or systemd's limits count
+    the connections of a host), no title to keep."""
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def stage(self, text: str) -> None:
+        pass
+
+    def sessions_from(self, addr: str) -> int:
+        return 1  # this one
+
+
+def serve_one(service, settings, allow_root: bool = False, tag=None, problems=()) -> int:
+    """Serve the connection on fd 0 with `service` (master.Service); the
+    log is the caller's, set up already.  Returns the exit status."""
+    try:
+        conn = socket.socket(fileno=os.dup(0))
+        peer = conn.getpeername()
+    except OSError:
+        log.error("standard input is not a connected socket: run %s from inetd, or as a daemon", service.prog)
+        return EXIT_RUNTIME
+    if conn.family not in (socket.AF_INET, socket.AF_INET6):
+        log.error("standard input is not a TCP socket")
+        return EXIT_RUNTIME
+    addr = str(client_address(peer[0]))
+    problems = list(problems) + service.problems(settings, standalone=True)
+    try:
+        if problems:
+            raise Unusable("; ".join(problems))
+        prepared = service.prepare(settings)
+    except Unusable as e:
+        log.error("cannot serve %s: %s", addr, str(e))
+        service.unavailable(conn, addr, settings, str(e))
+        return EXIT_RUNTIME
+    try:
+        jail = jail_for(settings, allow_root)
+        if jail is not None:
+            enter_jail(*jail, allow_root)
+    except PrivsepError as e:
+        log.error("cannot serve %s: %s", addr, str(e))
+        service.unavailable(conn, addr, settings, str(e))
+        return EXIT_BOOT
+    if jail is None:
+        log.warning("NOT ROOT (uid %d): no chroot and no privilege drop; for testing only", os.geteuid())
+    service.serve(conn, addr, tag, prepared, One(settings))
+    return EXIT_OK

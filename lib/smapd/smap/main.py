@@ -27,7 +27,8 @@ def main(argv=None) -> int:
         name = invoked_name(sys.argv[0] if argv is None else argv[0], args.name)
         return service.daemon_main(settings, prog, name, table_path(args.config), args)
     from smapd.smap import inetd
-    return inetd.main(settings, prog, args.debug, args.allow_root, args.smtps)
+    name = invoked_name(sys.argv[0] if argv is None else argv[0], args.name)
+    return inetd.main(settings, prog, name, table_path(args.config), args.debug, args.allow_root, args.smtps)
 
 
 run = run(main)

@@ -144,7 +144,7 @@ class SmapService:
     def load(self):
         return keywords.load_or_die(Table.read(self.table), keywords.SMAP, (self.name,)).settings
 
-    def problems(self, settings) -> list:
+    def problems(self, settings, standalone: bool = False) -> list:
         out = []
         directory = settings["directory"]
         if not os.path.isdir(directory):
@@ -152,6 +152,10 @@ class SmapService:
         # The rules between keywords (listen … smtps needs ssl, auth needs
         # md5file, ...) were applied when the table was loaded.
         return out
+
+    def unavailable(self, conn, addr: str, settings, reason: str) -> None:
+        """421 4.3.0 and close (the client is to try again later)."""
+        refuse(conn, Protocol(protocol_settings(settings), "unknown", addr).unavailable(reason), "unknown", addr)
 
     def watched_files(self, settings) -> list:
         """Files outside the jail whose change means a reload (the master

@@ -43,7 +43,6 @@ from smapd.sslgw import relay
 from smapd import tls
 from smapd.table.netperm import ConfigError, Diagnostic, Table, check_hosts
 from smapd.addresses import client_address
-from smapd.prefork.privsep import EXIT_BOOT, PrivsepError, enter_jail, resolve_ids
 from smapd.exits import Unusable
 
 log = logging.getLogger("smapd")
@@ -248,36 +247,16 @@ def _server_address(conn) -> str:
 # ----------------------------------------------------------------------
 # inetd mode
 
-def inetd_main(settings, prog: str, service: str, opts: dict, allow_root: bool = False) -> int:
-    _setup_log(prog, settings, opts, inetd=True, logfile=open_logfile(opts))
-    try:
-        conn = socket.socket(fileno=os.dup(0))
-        peer = conn.getpeername()
-    except OSError:
-        log.error("standard input is not a connected socket: run %s from inetd, or with -d", prog)
-        return 1
-    addr, port = str(client_address(peer[0])), peer[1]
-    try:
-        gw = prepare(settings, service)
-    except GatewayError as e:
-        log.error("%s", str(e))
-        conn.close()
-        return 1
-    if not admitted(gw, addr, port, _server_address(conn)):
-        conn.close()
-        return 0
-    if os.geteuid() == 0:
-        dnsclient.prepare_types()
-        time.localtime()
-        try:
-            uid, gid = resolve_ids(settings["userid"], settings["groupid"])
-            enter_jail(settings["directory"], uid, gid, allow_root)
-        except PrivsepError as e:
-            log.error("%s: cannot serve %s:%d: %s", gw.service, addr, port, e)
-            conn.close()
-            return EXIT_BOOT
-    handle(conn, addr, port, gw)
-    return 0
+def inetd_main(settings, prog: str, names: tuple, table: str, opts: dict, service: str,
+               allow_root: bool = False) -> int:
+    """One connection on fd 0, served by the skeleton's stand-alone path
+    (prefork/standalone.py) with the service a daemon's children run:
+    prepared as root, then the jail, then TCP wrappers, the handshake and
+    the relay."""
+    from smapd.prefork.standalone import serve_one
+    svc = SslGwService(prog, names, table, opts, service)
+    _setup_log(prog, settings, opts, inetd=True, logfile=svc.logfile)
+    return serve_one(svc, settings, allow_root)
 
 
 def _setup_log(prog: str, settings, opts: dict, inetd: bool, logfile=None):
@@ -325,9 +304,9 @@ class SslGwService:
     def load(self):
         return load_settings(self.table, self.names, self.opts)
 
-    def problems(self, settings) -> list:
+    def problems(self, settings, standalone: bool = False) -> list:
         out = []
-        if settings["accept"] is None:
+        if settings["accept"] is None and not standalone:
             out.append("no listener: give -d [host:]port")
         directory = settings["directory"]
         if directory and not os.path.isdir(directory):

@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     allow_root = "--allow-root" in o
     if daemon_mode:
         return gateway.daemon_main(settings, prog, names, path, o, service, allow_root)
-    return gateway.inetd_main(settings, prog, service, o, allow_root)
+    return gateway.inetd_main(settings, prog, names, path, o, service, allow_root)
 
 
 run = run(main)
