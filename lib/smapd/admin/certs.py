@@ -31,6 +31,7 @@ that is not a CA's.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
@@ -47,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from smapd.exits import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME
+from smapd.files import existing_kind, fsync_dir, read_regular, write_private
 
 #: The key of `--key`.  RSA 2048 is the default because it is the one key
 #: every mail client still in use can handshake with (ssl-gw and smap
@@ -528,19 +530,9 @@ def _read_file(path: str):
     """The bytes of a regular file and its mode; symbolic links are
     followed (/etc/ssl/certs is made of them), FIFOs never block."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        data, st = read_regular(path, MAX_PEM_BYTES)
     except OSError as e:
-        raise CertError(f"{path}: {e.strerror}") from None
-    with open(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CertError(f"{path}: not a regular file")
-        try:
-            data = f.read(MAX_PEM_BYTES + 1)
-        except OSError as e:
-            raise CertError(f"{path}: {e.strerror}") from None
-    if len(data) > MAX_PEM_BYTES:
-        raise CertError(f"{path}: larger than {MAX_PEM_BYTES} bytes: not a PEM file")
+        raise CertError(f"{path}: {e.strerror}" + (": not a PEM file" if e.errno == errno.EFBIG else "")) from None
     return data, stat.S_IMODE(st.st_mode)
 
 
@@ -616,14 +608,6 @@ def load_ca(path: str):
 
 # ------------------------------------------------------------ writing files
 
-def _fsync_directory(path: str):
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _create(path: str, data: bytes):
     """Write a new file, mode 0600; never an existing one, never through a
     symbolic link.  A file this call created and could not finish is
@@ -658,17 +642,11 @@ def write_pem(path: str, key, cert, force: bool = False):
         if not os.path.lexists(path):
             _create(path, data)
         else:
-            temporary = os.path.join(os.path.dirname(path) or ".",
-                                     f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-            _create(temporary, data)
-            try:
-                # rename() replaces the name, whatever took its place since
-                # the check: it never writes through a link.
-                os.rename(temporary, path)
-            except BaseException:
-                os.unlink(temporary)
-                raise
-        _fsync_directory(path)
+            # A new file renamed over the name, whatever took its place
+            # since the check: never written through a link.
+            write_private(path, data)
+            return
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
     except FileExistsError:
         # Created by someone else between the check and the open.
         check_output_path(path, force=False)
@@ -681,14 +659,14 @@ def check_output_path(path: str, force: bool = False):
     """Refuse (CertError) an output path mkcert may not write: a symbolic
     link, anything but a regular file, or an existing file without force."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
+        kind = existing_kind(path)
     except OSError as e:
         raise CertError(f"{path}: {e.strerror}") from None
-    if stat.S_ISLNK(st.st_mode):
+    if kind == "missing":
+        return
+    if kind == "symlink":
         raise CertError(f"{path}: is a symbolic link: neither written through nor replaced, even with --force")
-    if not stat.S_ISREG(st.st_mode):
+    if kind == "other":
         raise CertError(f"{path}: exists and is not a regular file: not replaced")
     if not force:
         raise CertError(f"{path}: exists: not overwritten (--force replaces it)")

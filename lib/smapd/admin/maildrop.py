@@ -27,6 +27,8 @@ import socket
 import sys
 import time
 
+from smapd.files import fsync_dir, write_all
+
 EX_OK, EX_USAGE, EX_NOUSER, EX_TEMPFAIL = 0, 64, 67, 75
 _counter = 0
 
@@ -115,10 +117,7 @@ def deliver(directory: str, sender, rcpts, body: bytes) -> int:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             staged.append((tmp, os.path.join(box, "new", unique)))
             try:
-                os.write(fd, head)
-                view = memoryview(body)
-                while view:
-                    view = view[os.write(fd, view):]
+                write_all(fd, head + body)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -142,11 +141,7 @@ def deliver(directory: str, sender, rcpts, body: bytes) -> int:
         return EX_TEMPFAIL
     for _, new in staged:
         try:
-            dfd = os.open(os.path.dirname(new), os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(os.path.dirname(new))
         except OSError as e:
             print(f"maildrop: cannot sync {os.path.dirname(new)}: {e.strerror}", file=sys.stderr)
     return EX_OK

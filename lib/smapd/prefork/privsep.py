@@ -19,8 +19,10 @@ helper that skips setgroups (python-daemon's and gunicorn's do).
 from __future__ import annotations
 
 import grp
+import importlib
 import os
 import pwd
+import time
 
 #: Exit status of a process that could not enter its jail.
 EXIT_BOOT = 3
@@ -44,6 +46,20 @@ def resolve_id(value, kind: str) -> int:
 def resolve_ids(userid, groupid):
     """(uid, gid) from names or numbers."""
     return resolve_id(userid, "user"), resolve_id(groupid, "group")
+
+
+def pre_jail(*modules: str) -> None:
+    """Load now, as root and before any chroot, what a jailed process
+    cannot load later: the DNS record types (dnspython loads them at the
+    first answer, from files the jail lacks), the time zone
+    (/etc/localtime), the idna codec, and the `modules` named (their code
+    is not in the jail).  The one list of it for every program."""
+    from smapd import dnsclient
+    dnsclient.prepare_types()
+    time.localtime()
+    "x".encode("idna")
+    for name in modules:
+        importlib.import_module(name)
 
 
 def jail_for(settings, allow_root: bool = False):

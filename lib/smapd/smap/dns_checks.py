@@ -18,7 +18,7 @@ DNS trouble turn into a refusal (a zone that did not answer can only make
 the verdict "tempfail", which the caller answers 4xx, never 5xx), or touch
 the file system or import a module at query time: it runs in a chrooted,
 unprivileged process, so everything it needs is imported here, before
-the jail (the record types too: `dns.prepare_types` runs at import).
+the jail (privsep.pre_jail imports it, and loads the record types).
 """
 
 from __future__ import annotations
@@ -35,15 +35,8 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
-from smapd import dnsclient
 from smapd.addresses import client_address
 from smapd.table.keywords import parse_filter
-
-# The A and NS record classes are loaded now, at import, before any jail:
-# dnspython would import them at the first answer, which a chrooted
-# process cannot (the answer would then parse as generic rdata, without
-# addresses).
-dnsclient.prepare_types()
 
 #: What a zone with no filter may answer to list a client (RFC 5782: a
 #: DNSBL answers 127.0.0.0/8).  An expired DNSBL domain that was

@@ -56,7 +56,8 @@ import hmac
 import os
 import re
 import secrets
-import stat
+
+from smapd.files import existing_kind, read_regular, write_private
 
 #: PBKDF2 iterations that `smapctl passwd` writes: one verification takes
 #: about 48 ms on one core of a 2.1 GHz Xeon (Sapphire Rapids, SHA-NI,
@@ -336,23 +337,19 @@ class PasswordFile:
         return known and matches and bool(password) and b"\0" not in password
 
 
+def _file_error(path: str, e: OSError) -> AuthFileError:
+    if e.errno == errno.ELOOP:
+        return AuthFileError(f"{path}: is a symbolic link: neither written through nor replaced")
+    if e.errno == errno.EFBIG:
+        return AuthFileError(f"{path}: {e.strerror}: not a password file")
+    return AuthFileError(f"{path}: {e.strerror}")
+
+
 def _read_file(path: str) -> bytes:
     try:
-        # O_NONBLOCK: a FIFO in its place must not hang smap's start.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return read_regular(path, MAX_FILE_BYTES)[0]
     except OSError as e:
-        raise AuthFileError(f"{path}: {e.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise AuthFileError(f"{path}: not a regular file")
-    with open(fd, "rb") as f:
-        try:
-            data = f.read(MAX_FILE_BYTES + 1)
-        except OSError as e:
-            raise AuthFileError(f"{path}: {e.strerror}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise AuthFileError(f"{path}: larger than {MAX_FILE_BYTES} bytes: not a password file")
-    return data
+        raise _file_error(path, e) from None
 
 
 # ------------------------------------------------------------------ writing
@@ -362,14 +359,12 @@ def check_path(path: str) -> None:
     symbolic link, or anything but a regular file.  A missing file is
     fine (it is created)."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
+        kind = existing_kind(path)
     except OSError as e:
         raise AuthFileError(f"{path}: {e.strerror}") from None
-    if stat.S_ISLNK(st.st_mode):
+    if kind == "symlink":
         raise AuthFileError(f"{path}: is a symbolic link: neither written through nor replaced")
-    if not stat.S_ISREG(st.st_mode):
+    if kind == "other":
         raise AuthFileError(f"{path}: not a regular file")
 
 
@@ -377,55 +372,11 @@ def _read_for_edit(path: str):
     """(bytes, stat) of the file to edit, never through a symbolic link;
     (None, None) when it does not exist."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return read_regular(path, MAX_FILE_BYTES, follow=False)
     except FileNotFoundError:
         return None, None
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise AuthFileError(f"{path}: is a symbolic link: neither written through nor replaced") from None
-        raise AuthFileError(f"{path}: {e.strerror}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise AuthFileError(f"{path}: not a regular file")
-    with open(fd, "rb") as f:
-        data = f.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise AuthFileError(f"{path}: larger than {MAX_FILE_BYTES} bytes: not a password file")
-    return data, st
-
-
-def _write_new(path: str, directory_fd: int, data: bytes, old) -> None:
-    """Put `data` at `path` as a new file of mode 0600: an O_EXCL
-    temporary file beside it, fsync, rename, fsync of the directory.
-    The old file's owner and group are kept when we may set them."""
-    directory = os.path.dirname(path) or "."
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)   # whatever the umask
-            if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
-                try:
-                    os.fchown(fd, old.st_uid, old.st_gid)
-                except PermissionError:
-                    pass           # not root: the new file is the operator's own
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # rename() replaces the name, whatever took its place since it
-        # was read: it never writes through a link.
-        os.rename(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-    os.fsync(directory_fd)
+        raise _file_error(path, e) from None
 
 
 def _edit(path: str, change, create: bool) -> bool:
@@ -447,7 +398,7 @@ def _edit(path: str, change, create: bool) -> bool:
         new = change(data or b"")
         if new is None:
             return False
-        _write_new(path, directory_fd, new, old)
+        write_private(path, new, owner=None if old is None else (old.st_uid, old.st_gid))
         return True
     except OSError as e:
         raise AuthFileError(f"{path}: {e.strerror}") from None

@@ -38,7 +38,6 @@ unauthenticated outsider relay, or log a password.
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import logging
 import re
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from typing import Optional
 
 from smapd.addresses import client_address
 from smapd.smap.protocol import Reply, reply
+from smapd.prefork.privsep import pre_jail
 
 log = logging.getLogger("smapd")
 
@@ -88,7 +88,7 @@ class Checks:
             passwords = password_file.PasswordFile.load(settings["md5file"])
         nospam = frozenset(x.lower() for x in settings["nospam"])
         if "maps-rbl" in nospam or "ns-required" in nospam:
-            importlib.import_module(".dns_checks", __package__)  # now: a jailed child cannot import
+            pre_jail("smapd.smap.dns_checks")  # now: a jailed child cannot import
         return cls(hostname=settings["hostname"], relay_domains=tuple(d.lower() for d in settings["relay-domain"]),
                    relay_hosts=settings["relay-hosts"], nospam=nospam, rbls=settings["rbl"],
                    rbl_threshold=settings["rbl-threshold"], resolver=resolver,

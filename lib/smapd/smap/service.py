@@ -54,10 +54,8 @@ def limits(settings) -> Limits:
 
 def prepare_for_jail(settings) -> None:
     """Load now what cannot be loaded inside the jail."""
-    dnsclient.prepare_types()
-    import time
-    time.localtime()            # the time zone, from /etc/localtime
-    "x".encode("idna")          # the codec, from the standard library
+    from smapd.prefork.privsep import pre_jail
+    pre_jail()
     settings["hostname"]        # the FQDN default asks the resolver and /etc/hosts
 
 

@@ -91,14 +91,13 @@ completely; stop smap because of a bad line.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import stat
 from typing import Optional
 
 from smapd.table.netperm import compile_host_pattern
 from smapd.addresses import client_address
+from smapd.files import read_regular
 
 #: A bigger file is refused as a whole (OSError EFBIG): the database is
 #: read into memory, and a runaway generator must not exhaust it.
@@ -230,20 +229,7 @@ class SpamDatabase:
         unreadable, not a regular file, larger than MAX_FILE_BYTES); bad
         lines are warnings, never exceptions."""
         path = os.fspath(path)
-        # Without blocking: a FIFO named as the database must not hang smap.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-        try:
-            # Checked on the descriptor before open() wraps it: open()
-            # refuses a directory without closing a descriptor it was given.
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise OSError(errno.EINVAL, "not a regular file", path)
-            with open(fd, "rb", closefd=False) as f:
-                data = f.read(MAX_FILE_BYTES + 1)
-        finally:
-            os.close(fd)
-        if len(data) > MAX_FILE_BYTES:
-            raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES >> 20} MiB", path)
+        data, st = read_regular(path, MAX_FILE_BYTES)
         db = cls.parse(data, path)
         # The stamp of the file descriptor that was read, not of a later
         # stat of the path: a file replaced in between then counts as

@@ -44,6 +44,7 @@ from smapd import tls
 from smapd.table.netperm import ConfigError, Diagnostic, Table, check_hosts
 from smapd.addresses import client_address
 from smapd.exits import Unusable
+from smapd.prefork.privsep import pre_jail
 
 log = logging.getLogger("smapd")
 
@@ -319,8 +320,7 @@ class SslGwService:
         return [ListenSpec(host, port)]
 
     def prepare(self, settings) -> Prepared:
-        dnsclient.prepare_types()
-        time.localtime()
+        pre_jail()
         return prepare(settings, self.service)
 
     def serve(self, conn, addr: str, tag, gw: Prepared, child) -> None:

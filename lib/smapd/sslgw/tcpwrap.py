@@ -35,11 +35,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import stat
 from dataclasses import dataclass
 from typing import Optional
 
 from smapd.addresses import client_address
+from smapd.files import read_regular
 
 ALLOW_FILE = "hosts.allow"
 DENY_FILE = "hosts.deny"
@@ -521,18 +521,7 @@ def _read_text(path: str) -> str:
     blocking (a FIFO named as a /file list must not hang ssl-gw's start)
     and read up to MAX_FILE_BYTES; bytes that are not UTF-8 become U+FFFD,
     which no pattern matches."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("not a regular file")
-    except BaseException:
-        os.close(fd)  # open() below would not own it yet
-        raise
-    with open(fd, "rb") as f:
-        data = f.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise ValueError(f"larger than {MAX_FILE_BYTES >> 20} MiB")
-    return data.decode("utf-8", "replace")
+    return read_regular(path, MAX_FILE_BYTES)[0].decode("utf-8", "replace")
 
 
 def _logical_lines(text: str):

@@ -26,6 +26,11 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
 from smapd.addresses import client_address
+from smapd.files import read_regular
+
+#: The largest table read: FWTK tables are a few kilobytes; a FIFO or a
+#: huge file in the table's place must neither block nor fill memory.
+MAX_TABLE_BYTES = 16 << 20
 
 PERMIT = "permit"
 DENY = "deny"
@@ -170,8 +175,7 @@ class Table:
     @classmethod
     def read(cls, path: str) -> "Table":
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = read_regular(path, MAX_TABLE_BYTES)[0]
         except OSError as e:
             raise ConfigError([Diagnostic(path, 0, "error", f"cannot read the table: {e.strerror}")]) from None
         return cls.parse(data, path)
