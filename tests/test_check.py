@@ -4,6 +4,7 @@ import hashlib
 import os
 import re
 import subprocess
+import tempfile
 
 import pytest
 
@@ -29,6 +30,22 @@ REFERENCE_WARNINGS = [
     "maxbytes 10240000)",
 ]
 
+
+def _no_passwd_entry(uid):
+    import pwd
+    try:
+        pwd.getpwuid(uid)
+        return False
+    except KeyError:
+        return True
+
+
+# The reference's "userid 99" is Red Hat's nobody; where uid 99 has no
+# passwd entry (Debian), smapd's MTA may refuse to run as it.
+#: What the full check (not -n) adds, in the order check prints it.
+MACHINE_WARNINGS = [":6: warning: smmapd: userid 99: uid 99 has no passwd entry: the MTA's sendmail, which smapd "
+                    "runs as this user, may refuse it (Postfix's postdrop says 'unknown uid')"] \
+    if _no_passwd_entry(99) else []
 
 NO_RELAY_CONTROL = "no relay-domain and no relay-hosts line"
 
@@ -76,7 +93,7 @@ def test_reference_table_on_a_machine_without_its_files():
         assert not os.path.exists(path), f"{path} exists on this machine; the test expects it not to"
     code, lines = check("--config", REFERENCE_TABLE)
     assert code == 1
-    for w in REFERENCE_WARNINGS:
+    for w in MACHINE_WARNINGS + REFERENCE_WARNINGS:
         assert REFERENCE_TABLE + w in lines
     errors = [line[len(REFERENCE_TABLE):] for line in lines if ": error: " in line]
     assert errors == [
@@ -87,7 +104,7 @@ def test_reference_table_on_a_machine_without_its_files():
         ":35: error: smmap: spam-database /etc/spamdb: cannot use it: No such file or directory",
         ":38: error: smmapd: baddir /var/spool/smmap/bad: cannot use it: No such file or directory",
     ]
-    assert lines[-1] == f"{REFERENCE_TABLE}: 6 errors, 6 warnings"
+    assert lines[-1] == f"{REFERENCE_TABLE}: 6 errors, {6 + len(MACHINE_WARNINGS)} warnings"
 
 
 def make_pem(path, mode=0o600):
@@ -133,7 +150,8 @@ def test_reference_table_with_its_files_in_place(tmp_path):
     table, _ = relocated_reference(tmp_path)
     code, lines = check("--config", table)
     assert code == 0, lines
-    assert lines == [table + w for w in REFERENCE_WARNINGS] + [f"{table}: 0 errors, 6 warnings"]
+    assert lines == [table + w for w in MACHINE_WARNINGS + REFERENCE_WARNINGS] + [
+        f"{table}: 0 errors, {6 + len(MACHINE_WARNINGS)} warnings"]
 
 
 def test_files_and_accounts(tmp_path):
@@ -352,3 +370,82 @@ def test_check_reports_what_ssl_gw_would_say_of_hosts_allow(tmp_path):
     assert f"{path}:1: warning: ssl-gw: {wrap}/hosts.allow:1: option 'spawn' is ignored (ssl-gw runs no commands)" \
         in lines
     assert any(line.startswith(f"{path}:1: warning: ssl-gw: {wrap}/hosts.allow:2: missing ':'") for line in lines)
+
+
+# ------------------------------------------------------------ what fails at run time
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="accounts and owners: needs root")
+def test_check_finds_what_would_fail_at_run_time(tmp_path, public_tmp):
+    """Tables that read without error but that smap or smapd cannot run
+    with: check says so, with the file and line."""
+    import grp as grp_module
+    from conftest import make_spool, nobody_ids
+    spool = make_spool(public_tmp / "spool")
+    group = grp_module.getgrgid(nobody_ids()[1]).gr_name
+    base = (f"smap, smapd: directory {spool}\nsmap: userid nobody\nsmap: groupid {group}\n"
+            "smap: relay-domain example.org\nsmapd: sendmail /bin/true\n")
+
+    def lines_of(text, mode=0o644, owner=None):
+        path = tmp_path / "netperm-table"
+        path.write_text(text)
+        os.chmod(path, mode)
+        if owner is not None:
+            os.chown(path, *owner)
+        return str(path), check("--config", str(path))
+
+    # smap and smapd under different users: smapd could open no spool file.
+    path, (code, lines) = lines_of(base + "smapd: userid daemon\nsmapd: groupid daemon\n")
+    assert code == 1
+    assert f"{path}:6: error: smap runs as uid {nobody_ids()[0]} but smapd as uid 1: smap's spool files are " \
+           "mode 0600, so smapd could open none of them; give both the same userid" in lines, lines
+    same = base + f"smapd: userid nobody\nsmapd: groupid {group}\n"
+    path, (code, lines) = lines_of(same)
+    assert (code, lines[-1]) == (0, f"{path}: 0 errors, 0 warnings"), lines
+
+    # A uid with no passwd entry: smapd's MTA may refuse it.
+    path, (code, lines) = lines_of(base + "smapd: userid 4242\nsmapd: groupid 4242\n")
+    assert f"{path}:6: warning: smapd: userid 4242: uid 4242 has no passwd entry: the MTA's sendmail, which " \
+           "smapd runs as this user, may refuse it (Postfix's postdrop says 'unknown uid')" in lines, lines
+
+    # The table writable by everyone, or owned by the jailed user.
+    path, (code, lines) = lines_of(same, mode=0o666)
+    assert code == 1 and any(l.startswith(f"{path}: error: the table is writable by everyone (mode 0666)")
+                             for l in lines), lines
+    path, (code, lines) = lines_of(same, owner=nobody_ids())
+    assert code == 1 and f"{path}: error: the table is owned by uid {nobody_ids()[0]}, the user the programs " \
+                         "drop to: a compromised child could rewrite its own rules; make it root's" in lines, lines
+    os.chown(path, 0, 0)
+
+    # A spool writable by everyone.
+    os.chmod(spool, 0o777)
+    try:
+        path, (code, lines) = lines_of(same)
+        assert code == 1 and f"{path}:1: error: smap: directory {spool}: is writable by everyone (mode 0777): " \
+                             "anyone could plant mail for smapd to hand off; make it 0700" in lines, lines
+    finally:
+        os.chmod(spool, 0o700)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="smapd drops to nobody: needs root")
+def test_baddir_on_another_file_system(tmp_path, public_tmp):
+    """check and smapd agree, both with the file and line."""
+    from conftest import make_spool, nobody_ids
+    spool = make_spool(public_tmp / "spool")
+    other = "/dev/shm"
+    assert os.stat(other).st_dev != os.stat(spool).st_dev, "this test needs /dev/shm on a file system of its own"
+    bad = tempfile.mkdtemp(prefix="smapd-bad-", dir=other)
+    try:
+        os.chown(bad, *nobody_ids())
+        path = tmp_path / "netperm-table"
+        path.write_text(f"smapd: directory {spool}\nsmapd: baddir {bad}\nsmapd: sendmail /bin/true\n"
+                        "smapd: userid nobody\n")
+        code, lines = check("--config", str(path))
+        assert code == 1
+        assert f"{path}:2: error: smapd: baddir {bad}: is not on the file system of the spool {spool}: smapd " \
+               "moves refused files there by link and unlink, and refuses to start" in lines, lines
+        r = run("smapd", "-d", "--config", str(path))
+        assert r.returncode == 1
+        assert f"baddir {bad} ({path}:2) must be a writable directory on the file system of the spool {spool}" \
+            in r.stderr, r.stderr
+    finally:
+        os.rmdir(bad)

@@ -142,14 +142,30 @@ def check_table(path: str, names=(), files: bool = True) -> Report:
         loaded[name] = result.settings
 
     _foreign_names(table, roles, loaded, report)
-    _pairs(loaded, first_line, report)
+    _pairs(loaded, first_line, report, files)
     if files:
         # Accounts, directories and files of the programs the table
         # configures; not the defaults of a program it does not mention.
         for name, s in loaded.items():
             if name in configured:
                 _machine(s, name, report)
+        _table_file(path, [s for n, s in loaded.items() if n in configured], report)
     return report
+
+
+def _table_file(path, settings, report):
+    """Who may write the table: whoever can is the programs' master."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if st.st_mode & stat.S_IWOTH:
+        report.add(0, "error", f"the table is writable by everyone (mode {st.st_mode & 0o7777:04o}): anyone "
+                               "could rewrite the rules the programs run by; make it 0644 and root's")
+    jailed = {_uid_gid(s)[0] for s in settings if s.program in (SMAP, SMAPD, SSLGW)} - {None, 0}
+    if st.st_uid in jailed and st.st_uid != os.geteuid():
+        report.add(0, "error", f"the table is owned by uid {st.st_uid}, the user the programs drop to: a "
+                               "compromised child could rewrite its own rules; make it root's")
 
 
 def first_line_names(table):
@@ -217,8 +233,8 @@ def _at(s, key):
     return o.line if o is not None else 0
 
 
-def _pairs(loaded, first_line, report):
-    """smap must spool where smapd looks."""
+def _pairs(loaded, first_line, report, files: bool):
+    """smap must spool where smapd looks, as the user smapd runs as."""
     smaps = [(n, s) for n, s in loaded.items() if s.program == SMAP]
     smapds = [(n, s) for n, s in loaded.items() if s.program == SMAPD]
     if len(smaps) == 1 and len(smapds) == 1:
@@ -226,6 +242,12 @@ def _pairs(loaded, first_line, report):
         if os.path.normpath(sa["directory"]) != os.path.normpath(sb["directory"]):
             report.add(_at(sb, "directory") or first_line.get(b, 0), "warning",
                        f"{a} spools into {sa['directory']} but {b} reads {sb['directory']}")
+        elif files and (sa.origins or sb.origins):
+            ids_a, ids_b = _uid_gid(sa), _uid_gid(sb)
+            if None not in ids_a + ids_b and ids_a[0] != ids_b[0] and 0 not in (ids_a[0], ids_b[0]):
+                report.add(_at(sb, "userid") or first_line.get(b, 0), "error",
+                           f"{a} runs as uid {ids_a[0]} but {b} as uid {ids_b[0]}: smap's spool files are mode "
+                           f"0600, so {b} could open none of them; give both the same userid")
 
 
 # --------------------------------------------------------------------------
@@ -267,7 +289,15 @@ def _user(value, s, kw, report):
         return None
     root = "root: the programs refuse this unless started with --allow-root"
     if isinstance(value, int):
-        return ("warning", root) if value == 0 else None
+        if value == 0:
+            return ("warning", root)
+        try:
+            pwd.getpwuid(value)
+        except KeyError:
+            if s.program == SMAPD:
+                return ("warning", f"uid {value} has no passwd entry: the MTA's sendmail, which smapd runs as "
+                        "this user, may refuse it (Postfix's postdrop says 'unknown uid')")
+        return None
     try:
         if pwd.getpwnam(value).pw_uid == 0:
             return ("warning", root)
@@ -329,6 +359,17 @@ def _dir(value, s, kw, report):
         uid, gid = _uid_gid(s)
         if not _writable_by(st, uid, gid):
             return ("error", f"is not writable by {s['userid']}/{s['groupid']}, who must create spool files in it")
+        if st.st_mode & stat.S_IWOTH:
+            return ("error", f"is writable by everyone (mode {st.st_mode & 0o7777:04o}): anyone could plant "
+                    "mail for smapd to hand off; make it 0700")
+    if kw.name == "baddir" and s.program == SMAPD:
+        try:
+            spool = os.stat(s["directory"])
+        except OSError:
+            return None  # the directory line says why
+        if spool.st_dev != st.st_dev:
+            return ("error", f"is not on the file system of the spool {s['directory']}: smapd moves refused "
+                    "files there by link and unlink, and refuses to start")
     return None
 
 

@@ -82,8 +82,8 @@ def main(settings, prog: str, name: str, table: str, debug: bool, allow_root: bo
     # Files go to bad/ by link and unlink: it must be on the spool's file
     # system, and writable, or a refused message would be retried forever.
     if bad.st_dev != os.stat(".").st_dev or not os.access(settings["baddir"], os.W_OK | os.X_OK):
-        logger.error("baddir %s must be a writable directory on the file system of the spool %s",
-                     settings["baddir"], spool)
+        logger.error("baddir %s (%s) must be a writable directory on the file system of the spool %s",
+                     settings["baddir"], settings.where("baddir"), spool)
         return EXIT_RUNTIME
     try:
         return runner.Runner(settings, lambda: runner.load(table, name), prog,
