@@ -18,6 +18,7 @@ import sys
 import time
 
 import pytest
+from support.process import stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The reference deployment, the project's own copy (tests/reference/README.md):
@@ -111,12 +112,7 @@ class DnsServer:
         return make_resolver([f"127.0.0.1:{self.port}"], lifetime=3.0)
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc, timeout=5)
 
 
 @pytest.fixture
@@ -583,6 +579,5 @@ def running_xinetd(tmp_path, stanzas, services):
         wait_for(lambda: xlog.exists() and wanted in xlog.read_text(), what="xinetd to start")
         yield xinetd
     finally:
-        xinetd.send_signal(signal.SIGTERM)
-        xinetd.wait(10)
+        stop(xinetd, timeout=10)
         xinetd.stderr.close()

@@ -20,13 +20,13 @@ import grp
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 
 from conftest import wait_for
+from support.process import stop
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 
@@ -142,13 +142,7 @@ class Dovecot:
             return ""
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
         if self.proc and self.proc.stderr:
             self.proc.stderr.close()
         shutil.rmtree(self.root, ignore_errors=True)

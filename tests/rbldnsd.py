@@ -18,12 +18,12 @@ elsewhere: resolvers in front of it (dnsmasq) forward zones to it.
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 
 from conftest import free_port, nobody_ids, wait_for
+from support.process import stop
 
 RBLDNSD = shutil.which("rbldnsd") or "/usr/sbin/rbldnsd"
 
@@ -75,13 +75,7 @@ class Rbldnsd:
             return f.read()
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc, timeout=5)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self):

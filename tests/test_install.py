@@ -20,7 +20,6 @@ import grp
 import os
 import pwd
 import re
-import shutil
 import smtplib
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import pytest
 
 from conftest import (REFERENCE, ROOT, Syslog, children, command, free_port, make_spool, nobody_ids, proc_status,
                       wait_for)
+from support.process import stop
 
 DEBIAN_PYTHON = "/usr/bin/python3"
 UNITS = os.path.join(ROOT, "contrib", "systemd")
@@ -235,8 +235,7 @@ def test_socket_activated_smap_session(tmp_path, loopback_dns):
         syslog.wait(r"smap\[\d+\]: host=client\.example\.test/127\.0\.0\.1 bytes=\d+ from=<alice@example\.org> "
                     r"to=<bob@example\.org> nrcpt=1 id=" + name[3:])
     finally:
-        activate.terminate()
-        activate.wait(10)
+        stop(activate, timeout=10)
         syslog.close()
 
 
@@ -272,7 +271,7 @@ def test_smapd_foreground_logs_to_syslog(table, tmp_path, public_tmp):
         st = proc_status(proc.pid)
         assert st["Uid"].split()[0] == str(nobody_ids()[0])
     finally:
-        proc.terminate()
+        stop(proc, timeout=30)
         out, err = proc.communicate(timeout=30)
         syslog.close()
     assert (out, err) == (b"", b"")

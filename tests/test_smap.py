@@ -14,6 +14,7 @@ import pytest
 from conftest import Smtp, make_spool, wait_for
 from smapd.smap.protocol import Protocol, Settings
 from smapd.smap.session import Limits, Session
+from support.process import stop
 
 
 def spool_files(spool, prefix=""):
@@ -303,8 +304,7 @@ def test_inetd_mode_looks_the_client_up_inside_the_jail(tmp_path, smap_table, lo
         c.close()
         wait_for(lambda: not children(activate.pid), what="smap to exit")
     finally:
-        activate.terminate()
-        activate.wait(10)
+        stop(activate, timeout=10)
     calls = trace.read_text().splitlines()
     chroot = next(i for i, line in enumerate(calls) if re.search(r"chroot\(\".*\"\)\s+= 0", line))
     setuid = next(i for i, line in enumerate(calls) if re.search(r"setuid\([1-9]\d*\)\s+= 0", line))

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import command, make_spool, nobody_ids, wait_for
 from smapd import spool as spool_module
+from support.process import stop
 
 FAKE_MTA = """#!/bin/sh
 # A fake sendmail for tests: records its arguments and stdin, then does
@@ -112,15 +113,7 @@ class Env:
         return sorted(f for f in os.listdir(self.spool) if f.startswith("sma"))
 
     def stop(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop(*self.procs)
 
 
 @pytest.fixture

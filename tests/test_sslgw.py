@@ -16,6 +16,7 @@ import pytest
 
 from conftest import assert_strong_tls, command, free_port, proc_status, children, run_testssl, wait_for
 from dovecot import Dovecot
+from support.process import stop
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ssl-gw -d binds, loads its key and drops as root")
 
@@ -54,13 +55,7 @@ class Gw:
         return ctx.wrap_socket(raw, server_hostname="test.example")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
 
 
 @pytest.fixture

@@ -49,6 +49,7 @@ import time
 
 from conftest import Smtp, children, command, nobody_ids, wait_for
 from smapd.spool import base36
+from support.process import stop
 
 ENV_SECONDS = "RELIABILITY_SECONDS"
 ENV_SEED = "RELIABILITY_SEED"
@@ -331,13 +332,7 @@ class Smapd:
 
     def stop(self):
         """TERM: running deliveries finish, then smapd exits."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc, timeout=30)
 
     def close(self):
         self.stop()

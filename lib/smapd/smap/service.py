@@ -56,7 +56,7 @@ def prepare_for_jail(settings) -> None:
     """Load now what cannot be loaded inside the jail."""
     from smapd.prefork.privsep import pre_jail
     pre_jail()
-    settings["hostname"]        # the FQDN default asks the resolver and /etc/hosts
+    settings.resolve_system_defaults()  # the FQDN default asks the resolver and /etc/hosts
 
 
 #: `ssl-auth` as a verify level of tls.server_context.

@@ -321,6 +321,7 @@ class SslGwService:
 
     def prepare(self, settings) -> Prepared:
         pre_jail()
+        settings.resolve_system_defaults()
         return prepare(settings, self.service)
 
     def serve(self, conn, addr: str, tag, gw: Prepared, child) -> None:

@@ -399,6 +399,10 @@ def _fqdn(settings):
     return socket.getfqdn()
 
 
+#: The defaults that ask the machine (Settings.resolve_system_defaults).
+SYSTEM_DEFAULTS = (_default_group, _fqdn)
+
+
 def _baddir(settings):
     return settings["directory"].rstrip("/") + "/bad"
 
@@ -580,16 +584,26 @@ class Settings:
     names: tuple
     values: dict = field(default_factory=dict)
     origins: dict = field(default_factory=dict)  # name -> Rule, or list of Rules
+    system: dict = field(default_factory=dict)   # defaults that asked the machine, fixed before the jail
 
     def __getitem__(self, name: str) -> Any:
+        """The value; reading never changes the settings."""
         kw = KEYWORDS[(self.program, name)]
         if name in self.values:
             return self.values[name]
+        if name in self.system:
+            return self.system[name]
         d = kw.default
-        if callable(d):
-            d = d(self)
-            self.values[name] = d  # computed once (e.g. the FQDN)
-        return d
+        return d(self) if callable(d) else d
+
+    def resolve_system_defaults(self) -> None:
+        """Fix, once, the defaults that ask the machine (the FQDN of
+        `hostname`, `groupid`'s nogroup or nobody): the one step, taken as
+        root before any jail, after which neither the resolver's files nor
+        the group database are needed."""
+        for kw in keywords_for(self.program):
+            if kw.name not in self.values and kw.default in SYSTEM_DEFAULTS:
+                self.system[kw.name] = kw.default(self)
 
     def is_set(self, name: str) -> bool:
         return name in self.origins
