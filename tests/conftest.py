@@ -18,6 +18,7 @@ import sys
 import time
 
 import pytest
+from support import system_files
 from support.process import stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -547,22 +548,10 @@ DEFAULT_TABLE = "/usr/local/etc/netperm-table"
 @contextlib.contextmanager
 def installed_table(text):
     """`text` as the table of programs started without --config (xinetd
-    passes none); whatever was there is put back afterwards."""
-    saved = None
-    if os.path.exists(DEFAULT_TABLE):
-        with open(DEFAULT_TABLE, "rb") as f:
-            saved = f.read()
-    os.makedirs(os.path.dirname(DEFAULT_TABLE), exist_ok=True)
-    with open(DEFAULT_TABLE, "w") as f:
-        f.write(text)
-    try:
+    passes none); whatever was there is put back afterwards
+    (support/system_files.py says why, and mends an interrupted run)."""
+    with system_files.replaced(DEFAULT_TABLE, text):
         yield DEFAULT_TABLE
-    finally:
-        if saved is None:
-            os.unlink(DEFAULT_TABLE)
-        else:
-            with open(DEFAULT_TABLE, "wb") as f:
-                f.write(saved)
 
 
 @contextlib.contextmanager
@@ -581,3 +570,9 @@ def running_xinetd(tmp_path, stanzas, services):
     finally:
         stop(xinetd, timeout=10)
         xinetd.stderr.close()
+
+
+def pytest_sessionstart(session):
+    # A run killed while a system file was replaced left it so: mend it.
+    if os.geteuid() == 0:
+        system_files.restore_leftovers()

@@ -578,3 +578,14 @@ def postfix(tmp_path):
         yield instance
     finally:
         instance.stop()
+
+
+def unprivileged_sendmail(postfix):
+    """Postfix's sendmail run by a user other than root honours -C only for
+    a directory that the default main.cf lists in
+    alternate_config_directories (a Postfix safety rule): smapd runs as
+    nobody, so the system's main.cf names the instance for the duration
+    of a `with`, and is put back afterwards (support/system_files.py)."""
+    from support import system_files
+    return system_files.appended("/etc/postfix/main.cf",
+                                 f"\nalternate_config_directories = {postfix.config_dir}\n")

@@ -13,29 +13,8 @@ import pytest
 
 from conftest import command, make_spool, nobody_ids, wait_for
 from smapd import spool as spool_module
+from support.fake_mta import FakeMta
 from support.process import stop
-
-FAKE_MTA = """#!/bin/sh
-# A fake sendmail for tests: records its arguments and stdin, then does
-# what the file 'mode' says.
-dir=%(dir)s
-n=$(date +%%s%%N).$$
-printf '%%s\\n' "$@" > "$dir/calls/$n.tmp"
-cat > "$dir/calls/$n.body"
-mv "$dir/calls/$n.tmp" "$dir/calls/$n.argv"
-mode=$(cat "$dir/mode" 2>/dev/null || echo ok)
-count=$(ls "$dir/calls" | grep -c argv)
-case "$mode" in
-    ok) exit 0 ;;
-    exit\\ *) exit ${mode#exit } ;;
-    hang) exec sleep 60 ;;
-    kill) kill -9 $$ ;;
-    slow) sleep 1; exit 0 ;;
-    second-fails) [ "$count" = 2 ] && exit 75; exit 0 ;;
-esac
-exit 0
-"""
-
 
 class Env:
     """A spool, a fake MTA and a table for smapd, where nobody can use them."""
@@ -44,15 +23,8 @@ class Env:
         self.base = base
         self.spool = make_spool(base / "spool")
         self.bad = self.spool / "bad"
-        self.mta_dir = base / "mta"
-        (self.mta_dir / "calls").mkdir(parents=True)
-        uid, gid = nobody_ids()
-        if os.geteuid() == 0:
-            os.chown(self.mta_dir / "calls", uid, gid)
-        self.mta = base / "sendmail"
-        self.mta.write_text(FAKE_MTA % {"dir": self.mta_dir})
-        self.mta.chmod(0o755)
-        self.mode("ok")
+        self.fake = FakeMta(base)
+        self.mta = self.fake.path
         self.table = base / "netperm-table"
         self.write_table(extra)
         self.procs = []
@@ -65,8 +37,7 @@ class Env:
         self.table.chmod(0o644)
 
     def mode(self, m):
-        (self.mta_dir / "mode").write_text(m + "\n")
-        (self.mta_dir / "mode").chmod(0o644)
+        self.fake.set(m)
 
     def queue(self, sender="a@x.example", rcpts=("b@y.example",), body=b"Subject: t\n\nhello\n"):
         """A committed message whose first line names its queue id."""
@@ -102,12 +73,7 @@ class Env:
 
     def calls(self):
         """[(argv lines, body)] in order."""
-        d = self.mta_dir / "calls"
-        out = []
-        for f in sorted(x for x in os.listdir(d) if x.endswith(".argv")):
-            stem = f[:-5]
-            out.append((open(d / f).read().splitlines(), open(d / (stem + ".body"), "rb").read()))
-        return out
+        return self.fake.calls()
 
     def spooled(self):
         return sorted(f for f in os.listdir(self.spool) if f.startswith("sma"))

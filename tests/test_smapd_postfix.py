@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from conftest import InetdSmap, command, make_spool, nobody_ids, wait_for
-from postfix import postfix  # noqa: F401  (the fixture)
+from postfix import postfix, unprivileged_sendmail  # noqa: F401  (the fixture)
 
 MESSAGE = (b"From: Alice <alice@example.org>\r\nSubject: through postfix\r\n\r\n"
            b"8-bit: gr\xc3\xbc\xc3\x9fe, \xe2\x82\xac\r\n.\r\n..leading dot\r\n" + b"W" * 998 + b"\r\nend\r\n")
@@ -44,19 +44,8 @@ def unprivileged_submission(postfix):  # noqa: F811
     alternate_config_directories (a Postfix safety rule).  smapd runs as
     nobody, so the system main.cf names the test's instance for the
     test's duration, and is put back as it was afterwards."""
-    path = "/etc/postfix/main.cf"
-    saved = open(path, "rb").read() if os.path.exists(path) else None
-    line = f"\nalternate_config_directories = {postfix.config_dir}\n"
-    with open(path, "ab") as f:
-        f.write(line.encode())
-    try:
+    with unprivileged_sendmail(postfix):
         yield postfix
-    finally:
-        if saved is None:
-            os.unlink(path)
-        else:
-            with open(path, "wb") as f:
-                f.write(saved)
 
 
 def test_smap_smapd_postfix_byte_exact(unprivileged_submission, public_tmp, loopback_dns):

@@ -49,6 +49,7 @@ import time
 
 from conftest import Smtp, children, command, nobody_ids, wait_for
 from smapd.spool import base36
+from support.fake_mta import FakeMta as SharedFakeMta
 from support.process import stop
 
 ENV_SECONDS = "RELIABILITY_SECONDS"
@@ -342,71 +343,9 @@ class Smapd:
             log.close()
 
 
-FAKE_MTA = r"""#!/bin/sh
-# A fake sendmail for the reliability tests: records its arguments and
-# its input, then does what the file 'mode' says, and records that.
-ulimit -c 0
-dir=%(dir)s
-n=$(date +%%s%%N).$$
-# the input's head (its marker, smap's Received header) and its digest
-cat > "$dir/calls/$n.in"
-head -c 16384 "$dir/calls/$n.in" > "$dir/calls/$n.body"
-sha256sum < "$dir/calls/$n.in" > "$dir/calls/$n.sum"
-rm -f "$dir/calls/$n.in"
-mode=$(cat "$dir/mode" 2>/dev/null || echo ok)
-printf '%%s\n' "$mode" "$@" > "$dir/calls/$n.tmp"
-mv "$dir/calls/$n.tmp" "$dir/calls/$n.argv"
-printf '%%s\n' "$mode" >> "$dir/calls/modes.log"
-case "$mode" in
-    ok) : > "$dir/calls/$n.ok"; exit 0 ;;
-    exit\ *) exit ${mode#exit } ;;
-    hang) exec sleep 600 ;;
-    detach) setsid sleep 8 & echo $! >> "$dir/calls/detached.pids"; : > "$dir/calls/$n.ok"; exit 0 ;;
-    crash) kill -SEGV $$ ;;
-    kill) kill -KILL $$ ;;
-esac
-exit 0
-"""
-
-
-class FakeMta:
-    """A sendmail that only forces outcomes (DESIGN.md section 9 keeps
-    Postfix for the real hand-off): `mode` is ok, 'exit N', hang, crash
-    (SIGSEGV), kill (SIGKILL) or detach (exits 0 at once, leaving a
-    process of another session that holds its stderr for 8 s), read at
-    each call."""
-
-    def __init__(self, base):
-        self.dir = base / "mta"
-        (self.dir / "calls").mkdir(parents=True)
-        if os.geteuid() == 0:
-            os.chown(self.dir / "calls", *nobody_ids())
-        self.path = base / "sendmail"
-        self.path.write_text(FAKE_MTA % {"dir": self.dir})
-        self.path.chmod(0o755)
-        self.set("ok")
-
-    def set(self, mode):
-        tmp = self.dir / "mode.tmp"
-        tmp.write_text(mode + "\n")
-        tmp.chmod(0o644)
-        os.rename(tmp, self.dir / "mode")  # atomic: a call reads one mode or the other
-
-    def kill_detached(self):
-        try:
-            with open(self.dir / "calls" / "detached.pids") as f:
-                for pid in f.read().split():
-                    kill(int(pid))
-        except FileNotFoundError:
-            pass
-
-    def met(self, mode) -> int:
-        """How many calls have met `mode` so far (cheap: one file read)."""
-        try:
-            with open(self.dir / "calls" / "modes.log") as f:
-                return sum(1 for line in f if line.rstrip("\n") == mode)
-        except FileNotFoundError:
-            return 0
+class FakeMta(SharedFakeMta):
+    """The tests' fake MTA (tests/support/fake_mta.py), read as the
+    audit needs it."""
 
     def calls(self, ledger):
         """[(mode, marker, (queue id, intact), ok)] of every call that got
@@ -415,14 +354,9 @@ class FakeMta:
         import hashlib
         d = self.dir / "calls"
         out = []
-        for name in sorted(os.listdir(d)):
-            if not name.endswith(".argv"):
-                continue
-            stem = name[:-5]
-            with open(d / name) as f:
-                mode = f.readline().strip()
-            with open(d / f"{stem}.body", "rb") as f:
-                head = f.read()
+        for stem, mode, _, body in self.records():
+            with open(body, "rb") as f:
+                head = f.read(HEAD)
             with open(d / f"{stem}.sum") as f:
                 digest = f.read().split()[0]
             marker = _marker(head)
@@ -430,7 +364,7 @@ class FakeMta:
             start = head.find(f"From: <{SENDER}>\n".encode())
             intact = None if want is None else (
                 start >= 0 and hashlib.sha256(head[:start] + want).hexdigest() == digest)
-            out.append((mode, marker, (_qid(head), intact), os.path.exists(d / f"{stem}.ok")))
+            out.append((mode, marker, (_qid(head), intact), self.succeeded(stem)))
         return out
 
     @staticmethod
@@ -458,26 +392,6 @@ def _marker(data: bytes):
 def _qid(data: bytes):
     m = QID_RE.search(data)
     return m.group(1).decode() if m else None
-
-
-@contextlib.contextmanager
-def unprivileged_submission(postfix):
-    """Postfix's sendmail run by nobody (smapd) honours -C only for a
-    directory that the default main.cf lists in
-    alternate_config_directories: named for the test's duration, then put
-    back as it was (as tests/test_smapd_postfix.py does)."""
-    path = "/etc/postfix/main.cf"
-    saved = open(path, "rb").read() if os.path.exists(path) else None
-    with open(path, "ab") as f:
-        f.write(f"\nalternate_config_directories = {postfix.config_dir}\n".encode())
-    try:
-        yield postfix
-    finally:
-        if saved is None:
-            os.unlink(path)
-        else:
-            with open(path, "wb") as f:
-                f.write(saved)
 
 
 # ------------------------------------------------------------------ what is where

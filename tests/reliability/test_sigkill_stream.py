@@ -19,8 +19,8 @@ import pytest
 
 from conftest import Daemon, wait_for
 from harness import (RCPT, SENDER, Clients, Ledger, Smapd, audit, bad_files, cmdline, copies, kill, maildir_files,
-                     make_rng, poll_until, seconds, soaking, spool_files, unprivileged_submission)
-from postfix import postfix  # noqa: F401  (the fixture)
+                     make_rng, poll_until, seconds, soaking, spool_files)
+from postfix import postfix, unprivileged_sendmail  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="smap -daemon binds, chroots and drops privileges as root")
 
@@ -29,7 +29,7 @@ def test_sigkill_stream_loses_nothing(postfix, public_tmp, loopback_dns):  # noq
     seed, rng = make_rng("sigkill stream")
     duration = seconds(20)
     postfix.add_mailbox(RCPT, SENDER)
-    with unprivileged_submission(postfix):
+    with unprivileged_sendmail(postfix):
         d = Daemon(public_tmp / "smap", loopback_dns,
                    "smap: minspare 3\nsmap: maxspare 6\nsmap: maxchildren 20\nsmap: maxperhost 100\n")
         smapd = Smapd(public_tmp, d.spool, ["/usr/sbin/sendmail", "-C", postfix.config_dir])
