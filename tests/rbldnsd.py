@@ -83,3 +83,36 @@ class Rbldnsd:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class DnsblNet:
+    """rbldnsd serving `zones`, a validating dnsmasq in front of it (the
+    resolver smap is pointed at, on 127.0.0.1:port) that answers
+    `records` itself (dnsmasq options), forwards the `forwarded` zones to
+    rbldnsd as a stub zone and anything else to it as the upstream, whose
+    unsigned answers are then BOGUS (SERVFAIL), and `silent_zones` to a
+    server that never answers."""
+
+    def __init__(self, base, zones, forwarded, records=(), silent_zones=()):
+        from conftest import DnsServer
+        self.silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.silent.bind(("127.0.0.1", 0))
+        self.rbl = Rbldnsd(zones).start()
+        up = f"127.0.0.1#{self.rbl.port}"
+        hush = f"127.0.0.1#{self.silent.getsockname()[1]}"
+        self.dns = DnsServer(base, (
+            *records,
+            *(f"--server=/{z}/{up}" for z in forwarded),
+            *(f"--server=/{z}/{hush}" for z in silent_zones),
+            f"--server={up}", "--dnssec", f"--trust-anchor={BOGUS_ROOT_ANCHOR}",
+        ))
+        self.port = self.dns.port
+
+    def resolver(self, lifetime=5.0):
+        from smapd.dnsclient import make_resolver
+        return make_resolver([f"127.0.0.1:{self.port}"], lifetime=lifetime)
+
+    def stop(self):
+        self.dns.stop()
+        self.rbl.stop()
+        self.silent.close()

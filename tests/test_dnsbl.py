@@ -27,8 +27,8 @@ import time
 import dns.reversename
 import pytest
 
-from conftest import ROOT, DnsServer, free_port, nobody_ids, wire_name
-from rbldnsd import BOGUS_ROOT_ANCHOR, Rbldnsd
+from conftest import ROOT, free_port, nobody_ids, wire_name
+from rbldnsd import DnsblNet
 from smapd.table import keywords as config
 from smapd.dnsclient import make_resolver
 from smapd.smap.dns_checks import (RblResult, check_rbls, filter_matches, parse_filter, query_name,
@@ -50,36 +50,17 @@ ZONES = {
 }
 
 
-class Net:
-    def __init__(self, base):
-        self.silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.silent.bind(("127.0.0.1", 0))
-        silent = self.silent.getsockname()[1]
-        self.rbl = Rbldnsd(ZONES).start()
-        up = f"127.0.0.1#{self.rbl.port}"
-        hush = f"127.0.0.1#{silent}"
-        self.dns = DnsServer(base, (
-            "--local=/example.test/", "--local=/nons.test/",
-            f"--dns-rr=example.test,2,{wire_name('ns1.example.test')}",
-            f"--dns-rr=example.test,2,{wire_name('ns2.example.test')}",
-            f"--dns-rr=sub2.example.test,2,{wire_name('ns.sub2.example.test')}",
-            "--host-record=host.example.test,192.0.2.1",
-            "--host-record=a.b.c.example.test,192.0.2.2",
-            "--host-record=host.sub2.example.test,192.0.2.3",
-            "--host-record=mail.nons.test,192.0.2.4",
-            *(f"--server=/{z}/{up}" for z in ("bl.test", "v6.test", "allow.test", "err.test", "park.test")),
-            *(f"--server=/{z}/{hush}" for z in ("slow.test", "slow1.test", "slow2.test", "slow3.test")),
-            f"--server={up}", "--dnssec", f"--trust-anchor={BOGUS_ROOT_ANCHOR}",
-        ))
-        self.port = self.dns.port
-
-    def resolver(self, lifetime=5.0):
-        return make_resolver([f"127.0.0.1:{self.port}"], lifetime=lifetime)
-
-    def stop(self):
-        self.dns.stop()
-        self.rbl.stop()
-        self.silent.close()
+def Net(base):
+    return DnsblNet(base, ZONES, ("bl.test", "v6.test", "allow.test", "err.test", "park.test"), records=(
+        "--local=/example.test/", "--local=/nons.test/",
+        f"--dns-rr=example.test,2,{wire_name('ns1.example.test')}",
+        f"--dns-rr=example.test,2,{wire_name('ns2.example.test')}",
+        f"--dns-rr=sub2.example.test,2,{wire_name('ns.sub2.example.test')}",
+        "--host-record=host.example.test,192.0.2.1",
+        "--host-record=a.b.c.example.test,192.0.2.2",
+        "--host-record=host.sub2.example.test,192.0.2.3",
+        "--host-record=mail.nons.test,192.0.2.4",
+    ), silent_zones=("slow.test", "slow1.test", "slow2.test", "slow3.test"))
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from conftest import Daemon, DnsServer, Smtp, wait_for, wire_name
-from rbldnsd import BOGUS_ROOT_ANCHOR, Rbldnsd
+from conftest import Daemon, Smtp, wait_for, wire_name
+from rbldnsd import DnsblNet
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="smap -daemon binds and jails as root")
 
@@ -24,26 +24,13 @@ ZONES = {
 }
 
 
-class Net:
+def Net(base):
     """rbldnsd for the zones, dnsmasq in front as the resolver smap uses."""
-
-    def __init__(self, base):
-        self.silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a server that never answers
-        self.silent.bind(("127.0.0.1", 0))
-        self.rbl = Rbldnsd(ZONES).start()
-        up = f"127.0.0.1#{self.rbl.port}"
-        self.dns = DnsServer(base, (
-            "--local=/example.test/", "--local=/nxd.test/", "--local=/127.in-addr.arpa/", "--local=/ip6.arpa/",
-            f"--dns-rr=example.test,2,{wire_name('ns.example.test')}",
-            "--host-record=host.sub.example.test,192.0.2.1",
-            *(f"--server=/{z}/{up}" for z in ("bl.test", "weak.test", "weak2.test", "v6.test")),
-            f"--server=/slow.test/127.0.0.1#{self.silent.getsockname()[1]}",
-            f"--server={up}", "--dnssec", f"--trust-anchor={BOGUS_ROOT_ANCHOR}"))
-
-    def stop(self):
-        self.dns.stop()
-        self.rbl.stop()
-        self.silent.close()
+    return DnsblNet(base, ZONES, ("bl.test", "weak.test", "weak2.test", "v6.test"), records=(
+        "--local=/example.test/", "--local=/nxd.test/", "--local=/127.in-addr.arpa/", "--local=/ip6.arpa/",
+        f"--dns-rr=example.test,2,{wire_name('ns.example.test')}",
+        "--host-record=host.sub.example.test,192.0.2.1",
+    ), silent_zones=("slow.test",))
 
 
 @pytest.fixture(scope="module")
