@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import time
 
-from conftest import wait_for
+from support.programs import wait_for
 from support.process import stop
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"

@@ -63,7 +63,7 @@ import types
 
 import pytest
 
-from conftest import free_port, wait_for
+from support.programs import free_port, wait_for
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTQUEUE = shutil.which("postqueue") or "/usr/sbin/postqueue"

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import tempfile
 
-from conftest import free_port, nobody_ids, wait_for
+from support.programs import free_port, nobody_ids, wait_for
 from support.process import stop
 
 RBLDNSD = shutil.which("rbldnsd") or "/usr/sbin/rbldnsd"
@@ -94,7 +94,7 @@ class DnsblNet:
     server that never answers."""
 
     def __init__(self, base, zones, forwarded, records=(), silent_zones=()):
-        from conftest import DnsServer
+        from support.dnsmasq import DnsServer
         self.silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.silent.bind(("127.0.0.1", 0))
         self.rbl = Rbldnsd(zones).start()

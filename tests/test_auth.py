@@ -26,7 +26,7 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import command, run
+from support.programs import command, run
 from smapd.smap import password_file as auth
 from smapd.smap import sasl
 from smapd.smap.password_file import AuthFileError, PasswordFile

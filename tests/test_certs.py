@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import run
+from support.programs import run
 from smapd.admin import certs
 from smapd.admin import main as smapctl
 

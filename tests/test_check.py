@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from conftest import REFERENCE_TABLE, run
+from support.programs import REFERENCE_TABLE, run
 
 REFERENCE_WARNINGS = [
     ":6: note: 'smmap' is smap installed under another name: run as smmap, it reads the 'smmap:' lines",
@@ -288,7 +288,7 @@ def test_missing_table_and_usage():
 
 @pytest.mark.parametrize("sample", ["netperm-table.sample", "netperm-table.standalone"])
 def test_sample_table_is_clean(sample):
-    from conftest import ROOT
+    from support.programs import ROOT
     path = os.path.join(ROOT, "etc", sample)
     code, lines = check("-n", "--config", path)
     assert (code, lines) == (0, [f"{path}: 0 errors, 0 warnings"])
@@ -379,7 +379,7 @@ def test_check_finds_what_would_fail_at_run_time(tmp_path, public_tmp):
     """Tables that read without error but that smap or smapd cannot run
     with: check says so, with the file and line."""
     import grp as grp_module
-    from conftest import make_spool, nobody_ids
+    from support.programs import make_spool, nobody_ids
     spool = make_spool(public_tmp / "spool")
     group = grp_module.getgrgid(nobody_ids()[1]).gr_name
     base = (f"smap, smapd: directory {spool}\nsmap: userid nobody\nsmap: groupid {group}\n"
@@ -429,7 +429,7 @@ def test_check_finds_what_would_fail_at_run_time(tmp_path, public_tmp):
 @pytest.mark.skipif(os.geteuid() != 0, reason="smapd drops to nobody: needs root")
 def test_baddir_on_another_file_system(tmp_path, public_tmp):
     """check and smapd agree, both with the file and line."""
-    from conftest import make_spool, nobody_ids
+    from support.programs import make_spool, nobody_ids
     spool = make_spool(public_tmp / "spool")
     other = "/dev/shm"
     assert os.stat(other).st_dev != os.stat(spool).st_dev, "this test needs /dev/shm on a file system of its own"

@@ -27,7 +27,8 @@ import time
 import dns.reversename
 import pytest
 
-from conftest import ROOT, free_port, nobody_ids, wire_name
+from support.dnsmasq import wire_name
+from support.programs import ROOT, free_port, nobody_ids
 from rbldnsd import DnsblNet
 from smapd.table import keywords as config
 from smapd.dnsclient import make_resolver

@@ -19,7 +19,7 @@ import time
 
 from hypothesis import HealthCheck, event, example, given, settings, strategies as st
 
-from conftest import REFERENCE
+from support.programs import REFERENCE
 from smapd.handoff import deliver as deliver_module
 from smapd import spool as queue_module
 from smapd.table.netperm import Table, check_hosts, compile_host_pattern, compile_host_rule, quote, tokenize

@@ -127,7 +127,7 @@ def test_hosts_rules_with_real_dns(dns_server):
 
 def test_dns_trouble_gives_no_name():
     # A resolver pointed at a port where nothing answers: a time-out, no name, no exception.
-    from conftest import free_port
+    from support.programs import free_port
     res = sdns.make_resolver([f"127.0.0.1:{free_port()}"], lifetime=0.5)
     assert sdns.confirmed_name("192.0.2.10", res) is None
 

@@ -26,8 +26,8 @@ import sys
 
 import pytest
 
-from conftest import (REFERENCE, ROOT, Syslog, children, command, free_port, make_spool, nobody_ids, proc_status,
-                      wait_for)
+from support.logs import Syslog
+from support.programs import REFERENCE, ROOT, children, command, free_port, make_spool, nobody_ids, proc_status, wait_for
 from support.process import stop
 
 DEBIAN_PYTHON = "/usr/bin/python3"

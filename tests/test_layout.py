@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from support.programs import ROOT
 
 LIB = os.path.join(ROOT, "lib", "smapd")
 PROGRAMS = ("smap", "handoff", "sslgw")

@@ -6,7 +6,7 @@ import os
 import re
 import subprocess
 
-from conftest import ROOT
+from support.programs import ROOT
 from smapd.table import keywords as config
 from smapd.table import manpage
 

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from conftest import Daemon, command, free_port, nobody_ids, proc_status, wait_for
+from support.daemons import Daemon
+from support.programs import command, free_port, nobody_ids, proc_status, wait_for
 from smapd import spool as queue
 from smapd.prefork.scoreboard import BUSY, FREE, IDLE
 

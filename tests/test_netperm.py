@@ -3,7 +3,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import REFERENCE_TABLE
+from support.programs import REFERENCE_TABLE
 from smapd.table import netperm
 from smapd.table.netperm import Table, TokenError, quote, tokenize
 

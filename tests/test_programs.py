@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import REFERENCE_TABLE, command, run
+from support.programs import REFERENCE_TABLE, command, run
 
 
 def test_smap_reads_its_own_name(table, tmp_path):

@@ -13,7 +13,8 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, Syslog, command, free_port, make_spool, nobody_ids, wait_for
+from support.logs import Syslog
+from support.programs import ROOT, command, free_port, make_spool, nobody_ids, wait_for
 
 SCRIPTS = os.path.join(ROOT, "contrib", "rc.d")
 RC_SUBR = os.path.join(ROOT, "tests", "rc", "rc.subr")

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import command, run
+from support.programs import command, run
 from smapd.table.rules import RULES
 
 RELAY = "smap: relay-domain example.org\n"

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from conftest import Smtp, wait_for
+from support.programs import wait_for
+from support.smtp import Smtp
 from smapd import spool as spool_module
 from smapd.smap import session as session_module
 from smapd.smap.protocol import MAX_COMMAND, Protocol, Settings

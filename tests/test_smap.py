@@ -11,7 +11,8 @@ import threading
 
 import pytest
 
-from conftest import Smtp, make_spool, wait_for
+from support.programs import make_spool, wait_for
+from support.smtp import Smtp
 from smapd.smap.protocol import Protocol, Settings
 from smapd.smap.session import Limits, Session
 from support.process import stop
@@ -280,7 +281,7 @@ def test_inetd_mode_looks_the_client_up_inside_the_jail(tmp_path, smap_table, lo
     """Under inetd, as in a daemon's child, DNS answers about the client
     (a client-controlled reverse zone) are parsed only after chroot and
     setuid: strace shows the order of the system calls."""
-    from conftest import children, command, free_port
+    from support.programs import children, command, free_port
     spool = make_spool(tmp_path / "spool")
     table = smap_table(spool, "smap: relay-domain example.org\n")
     trace = tmp_path / "trace"

@@ -9,7 +9,9 @@ import subprocess
 
 import pytest
 
-from conftest import Smtp, assert_strong_tls, command, run_testssl, wait_for
+from support.programs import command, wait_for
+from support.smtp import Smtp
+from support.tls import assert_strong_tls, run_testssl
 from smapd import spool as queue
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="smap -daemon binds and jails as root")
@@ -40,7 +42,7 @@ def tls_daemon(daemon, pki):
 
 
 def _free():
-    from conftest import free_port
+    from support.programs import free_port
     return free_port()
 
 
@@ -143,7 +145,7 @@ def test_ssl_auth_required(tls_daemon, pki):
 
 
 def test_inetd_mode_starttls_and_smtps(smap_table, smap, tmp_path, pki):
-    from conftest import make_spool
+    from support.programs import make_spool
     spool = make_spool(tmp_path / "spool")
     table = smap_table(spool, f"smap: ssl {pki.server_pem}\n")
     s = smap(table)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import command, make_spool, nobody_ids, wait_for
+from support.programs import command, make_spool, nobody_ids, wait_for
 from smapd import spool as spool_module
 from support.fake_mta import FakeMta
 from support.process import stop

@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 
-from conftest import InetdSmap, command, make_spool, nobody_ids, wait_for
+from support.programs import command, make_spool, nobody_ids, wait_for
+from support.smtp import InetdSmap
 from postfix import postfix, unprivileged_sendmail  # noqa: F401  (the fixture)
 
 MESSAGE = (b"From: Alice <alice@example.org>\r\nSubject: through postfix\r\n\r\n"

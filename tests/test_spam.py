@@ -9,7 +9,10 @@ import time
 
 import pytest
 
-from conftest import Daemon, Smtp, wait_for, wire_name
+from support.daemons import Daemon
+from support.dnsmasq import wire_name
+from support.programs import wait_for
+from support.smtp import Smtp
 from rbldnsd import DnsblNet
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="smap -daemon binds and jails as root")

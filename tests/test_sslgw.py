@@ -14,7 +14,8 @@ import threading
 
 import pytest
 
-from conftest import assert_strong_tls, command, free_port, proc_status, children, run_testssl, wait_for
+from support.programs import command, free_port, proc_status, children, wait_for
+from support.tls import assert_strong_tls, run_testssl
 from dovecot import Dovecot
 from support.process import stop
 

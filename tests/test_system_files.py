@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from support.programs import ROOT
 from support import system_files
 
 TABLE = "/usr/local/etc/netperm-table"

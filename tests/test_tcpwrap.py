@@ -8,7 +8,7 @@ import tempfile
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import REFERENCE
+from support.programs import REFERENCE
 from smapd.sslgw.tcpwrap import Client, Decision, Tables, check
 
 
@@ -522,7 +522,7 @@ def test_any_text_gives_warnings_never_exceptions(allow, deny, service, c):
 
 def test_the_sample_files_of_etc():
     """etc/hosts.allow and etc/hosts.deny read without a warning and mean what they say."""
-    from conftest import ROOT
+    from support.programs import ROOT
     tables = Tables(os.path.join(ROOT, "etc"))
     assert tables.warnings == []
     assert tables.check("imap", Client("10.1.2.3", None)).allowed

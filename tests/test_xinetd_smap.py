@@ -21,7 +21,9 @@ import subprocess
 
 import pytest
 
-from conftest import REFERENCE, installed_table, running_xinetd, Syslog, children, command, free_port, make_spool, proc_status, wait_for
+from support.daemons import installed_table, running_xinetd
+from support.logs import Syslog
+from support.programs import REFERENCE, children, command, free_port, make_spool, proc_status, wait_for
 from test_check import make_pem
 
 REF_UID = REF_GID = 99

@@ -27,8 +27,9 @@ import subprocess
 
 import pytest
 
-from conftest import (REFERENCE, Syslog, children, command, free_port, installed_table, proc_status,
-                      running_xinetd, wait_for)
+from support.daemons import installed_table, running_xinetd
+from support.logs import Syslog
+from support.programs import REFERENCE, children, command, free_port, proc_status, wait_for
 from dovecot import Dovecot
 
 CLIENT = "10.99.0.1"

@@ -47,7 +47,8 @@ import subprocess
 import threading
 import time
 
-from conftest import Smtp, children, command, nobody_ids, wait_for
+from support.programs import children, command, nobody_ids, wait_for
+from support.smtp import Smtp
 from smapd.spool import base36
 from support.fake_mta import FakeMta as SharedFakeMta
 from support.process import stop

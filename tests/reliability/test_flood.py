@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from support.programs import wait_for
 from harness import RCPT, Ledger, audit, cmdline, connect, copies, make_rng, seconds, session, spool_files
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="smap -daemon binds, chroots and drops privileges as root")

@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from conftest import Daemon, wait_for
+from support.daemons import Daemon
+from support.programs import wait_for
 from harness import (Clients, FakeMta, Ledger, Smapd, audit, bad_files, copies, kill, make_rng, seconds, session,
                      spool_files)
 

@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from conftest import Daemon, wait_for
+from support.daemons import Daemon
+from support.programs import wait_for
 from harness import (RCPT, SENDER, Clients, Ledger, Smapd, audit, bad_files, cmdline, copies, kill, maildir_files,
                      make_rng, poll_until, seconds, soaking, spool_files)
 from postfix import postfix, unprivileged_sendmail  # noqa: F401  (the fixture)

@@ -14,7 +14,7 @@ last) and, when it exits 0, `N.ok`.
 import os
 import signal
 
-from conftest import nobody_ids
+from support.programs import nobody_ids
 
 SCRIPT = r"""#!/bin/sh
 ulimit -c 0
