@@ -7,8 +7,9 @@ pidfile; a letter wins over the table's line), prepares what a
 connection needs while still root (the TLS context with its key, the
 locally installed certificates of verify level 3, the backend's address,
 the TCP wrappers tables, the resolver), and serves connections: in inetd
-mode the one on fd 0 (dropping to `-s`/`-g`, and into `directory` when
-set, before the first TLS byte), with `-d` through the prefork master.
+mode the one on fd 0, through the skeleton's stand-alone path
+(prefork/standalone.py: dropping to `-s`/`-g`, and into `directory` when
+set, before the client is checked), with `-d` through the prefork master.
 
 Per connection, in this order: `maxperhost` (daemon mode), the TCP
 wrappers (hosts.allow, hosts.deny, under the service name: `-N`, else
