@@ -171,16 +171,22 @@ class Ledger:
         with self.lock:
             self.outcome[marker] = outcome
 
+    def _items(self):
+        # The clients' threads add outcomes while the test reads them.
+        with self.lock:
+            return list(self.outcome.items())
+
     def acked(self):
-        return {m: o[1] for m, o in self.outcome.items() if o[0] == "acked"}
+        return {m: o[1] for m, o in self._items() if o[0] == "acked"}
 
     def by_kind(self, kind):
-        return {m: o for m, o in self.outcome.items() if o[0] == kind}
+        return {m: o for m, o in self._items() if o[0] == kind}
 
     def summary(self):
-        c = collections.Counter(o[0] for o in self.outcome.values())
-        codes = collections.Counter(o[1] for o in self.outcome.values() if o[0] == "refused")
-        return (f"{len(self.outcome)} attempts: {c['acked']} acknowledged, {c['refused']} refused"
+        outcomes = [o for _, o in self._items()]
+        c = collections.Counter(o[0] for o in outcomes)
+        codes = collections.Counter(o[1] for o in outcomes if o[0] == "refused")
+        return (f"{len(outcomes)} attempts: {c['acked']} acknowledged, {c['refused']} refused"
                 f"{' ' + str(dict(codes)) if codes else ''}, {c['broken']} broken")
 
 
