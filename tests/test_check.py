@@ -16,8 +16,8 @@ REFERENCE_WARNINGS = [
     ":13: warning: executable /usr/local/etc/smmapd is accepted for compatibility only: smapd forks its "
     "delivery children and runs no separate delivery program, so the path is unused",
     ":22: warning: smmap: ssl-auth optional without ssl-ca: client certificates are verified against the "
-    "system's CA store, so any public CA's client certificate makes a client internal (it may relay): name your "
-    "own CA with ssl-ca",
+    "system's CA store and logged, but exempt no one (any public CA signs certificates for anyone): to let "
+    "certificate holders relay, name your own CA with ssl-ca",
     ":32: warning: smmap: nospam maps-rbl but no 'rbl' zone is configured, so no DNSBL is queried (the MAPS "
     "RBL the original patch used is long gone): add 'rbl ZONE' lines",
     ":44: warning: 'smtpd' names no program of the suite (nearest: smapd); 'wakeup' is a keyword of smapd "

@@ -188,3 +188,28 @@ def test_a_key_that_will_not_load_stops_the_master_at_start(daemon, tmp_path):
     assert re.search(rf"ssl \({re.escape(str(d.table))}:\d+\): {re.escape(str(bad))}: not a usable private key",
                      r.stderr), r.stderr
     assert not d.pidfile.exists() and not d.scoreboard.exists()
+
+
+def test_only_the_operators_ca_makes_a_certificate_exempt(tls_daemon, pki, monkeypatch):
+    """With ssl-ca, a verified client certificate lets its client relay;
+    without it, a certificate from a CA of the system's store (here a
+    stand-in root, through SSL_CERT_FILE) is verified and logged, but its
+    client is held to relay control like any other."""
+    relay = "smap: relay-domain example.org\nsmap: ssl-auth optional\n"
+    own = tls_daemon(relay + f"smap: ssl-ca {pki.ca_crt}\n")
+    with smtplib.SMTP_SSL("127.0.0.1", own.smtps_port, local_hostname="client.example.test", timeout=30,
+                          context=pki.client_context("client")) as s:
+        s.sendmail("a@example.org", ["someone@far-away.example"], MESSAGE)
+    assert len(spooled(own.spool)) == 1
+    own.stop()
+
+    monkeypatch.setenv("SSL_CERT_FILE", pki.ca_crt)  # the "system" store of the smap started next
+    public = tls_daemon(relay)
+    with smtplib.SMTP_SSL("127.0.0.1", public.smtps_port, local_hostname="client.example.test", timeout=30,
+                          context=pki.client_context("client")) as s:
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
+            s.sendmail("a@example.org", ["someone@far-away.example"], MESSAGE)
+        assert e.value.recipients["someone@far-away.example"][0] == 554
+        s.sendmail("a@example.org", ["postmaster@example.org"], MESSAGE)  # its own domains still work
+    public.syslog.wait(r"client=/O=smapd tests/CN=client\.example\.test")  # it was verified
+    assert len(spooled(public.spool)) == 1

@@ -69,6 +69,10 @@ class Checks:
     dns_timeout: float = 5.0
     spamdb: object = None          # spamdb.SpamDatabase, or None
     passwords: object = None       # password_file.PasswordFile, or None
+    #: A verified client certificate exempts its client only when it was
+    #: verified against the operator's own CA (`ssl-ca`): the system's
+    #: public CAs sign certificates for anyone.
+    certificates_exempt: bool = False
 
     @property
     def relay_control(self) -> bool:
@@ -92,7 +96,8 @@ class Checks:
         return cls(hostname=settings["hostname"], relay_domains=tuple(d.lower() for d in settings["relay-domain"]),
                    relay_hosts=settings["relay-hosts"], nospam=nospam, rbls=settings["rbl"],
                    rbl_threshold=settings["rbl-threshold"], resolver=resolver,
-                   dns_timeout=settings["dns-timeout"], spamdb=spamdb, passwords=passwords)
+                   dns_timeout=settings["dns-timeout"], spamdb=spamdb, passwords=passwords,
+                   certificates_exempt=bool(settings["ssl-ca"]))
 
 
 @dataclass
@@ -109,9 +114,9 @@ class SessionPolicy:
         self.internal = any(p.matches(self.addr, self.name) for p in self.setup.relay_hosts)
 
     def exempt(self, proto) -> bool:
-        """Internal, authenticated or certificate-verified clients skip the
-        spam checks and may relay."""
-        return self.internal or bool(proto.auth_user) or bool(proto.tls_peer)
+        """Internal, authenticated or certificate-verified clients (against
+        ssl-ca only) skip the spam checks and may relay."""
+        return self.internal or bool(proto.auth_user) or (bool(proto.tls_peer) and self.setup.certificates_exempt)
 
     def at_connect(self) -> None:
         if self.internal:

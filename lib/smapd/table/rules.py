@@ -46,8 +46,8 @@ def _ssl_auth_needs_ssl(s):
 def _ssl_auth_without_ca(s):
     if s["ssl-auth"] != "none" and s["ssl"] and not s["ssl-ca"]:
         yield (f"ssl-auth {s['ssl-auth']} without ssl-ca: client certificates are verified against the system's "
-               "CA store, so any public CA's client certificate makes a client internal (it may relay): name "
-               "your own CA with ssl-ca")
+               "CA store and logged, but exempt no one (any public CA signs certificates for anyone): to let "
+               "certificate holders relay, name your own CA with ssl-ca")
 
 
 def _smtps_needs_ssl(s):
@@ -120,8 +120,8 @@ RULES = (
     Rule("ssl-auth-needs-ssl", (SMAP,), "ssl-auth", ERROR, _ssl_auth_needs_ssl,
          "ssl-auth optional or required needs ssl: client certificates come with TLS."),
     Rule("ssl-auth-without-ca", (SMAP,), "ssl-auth", WARNING, _ssl_auth_without_ca,
-         "ssl-auth without ssl-ca verifies client certificates against the system's CA store, where any "
-         "public CA's certificate would make a client internal."),
+         "ssl-auth without ssl-ca verifies client certificates against the system's CA store and logs them, "
+         "but a certificate exempts its client (relay, no spam checks) only when verified against ssl-ca."),
     Rule("smtps-needs-ssl", (SMAP,), "listen", ERROR, _smtps_needs_ssl,
          "A listen line with smtps needs ssl."),
     Rule("auth-needs-md5file", (SMAP,), "auth", ERROR, _auth_needs_md5file,
