@@ -63,7 +63,7 @@ import types
 
 import pytest
 
-from support.programs import free_port, wait_for
+from support.programs import free_port, processes, wait_for
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTQUEUE = shutil.which("postqueue") or "/usr/sbin/postqueue"
@@ -243,17 +243,7 @@ class PostfixError(AssertionError):
 
 def _session_members(sid):
     """Live pids in session `sid` (the master is a session leader)."""
-    pids = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    fields = f.read().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if fields[0] not in ("Z", "X") and int(fields[3]) == sid:
-                pids.append(int(name))
-    return pids
+    return [pid for pid, fields in processes() if fields[0] not in ("Z", "X") and int(fields[3]) == sid]
 
 
 def _traversable_by_all(path):

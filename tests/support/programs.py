@@ -77,15 +77,17 @@ def proc_status(pid):
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
-def children(ppid):
-    out = []
+def processes():
+    """(pid, fields of /proc/PID/stat after the command name) of every
+    process: fields[0] is the state, [1] the parent, [3] the session."""
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
                 with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
+                    yield int(d), f.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[1]) == ppid:
-                out.append(int(d))
-    return out
+
+
+def children(ppid):
+    return [pid for pid, fields in processes() if int(fields[1]) == ppid]
