@@ -25,6 +25,7 @@ from support.daemons import Daemon  # noqa: E402
 from support.dnsmasq import LOOPBACK_RECORDS, DnsServer  # noqa: E402
 from support.programs import nobody_ids  # noqa: E402
 from support.smtp import InetdSmap  # noqa: E402
+from support.tables import relay_control  # noqa: E402
 from support.tls import Pki  # noqa: E402
 
 
@@ -74,7 +75,7 @@ def smap_table(tmp_path, loopback_dns):
         group = grp.getgrgid(nobody_ids()[1]).gr_name
         text = (f"{name}: directory {spool}\n{name}: hostname test.example\n"
                 f"{name}: resolver 127.0.0.1:{loopback_dns}\n{name}: userid nobody\n{name}: groupid {group}\n"
-                + extra)
+                + relay_control(name, extra) + extra)
         p = tmp_path / "netperm-table"
         p.write_text(text)
         return str(p)
@@ -116,9 +117,9 @@ def public_tmp():
 def daemon(tmp_path, loopback_dns):
     started = []
 
-    def make(extra="", listen=None, start=True):
-        d = Daemon(tmp_path / f"d{len(started)}", loopback_dns, extra, listen) if started else \
-            Daemon(tmp_path, loopback_dns, extra, listen)
+    def make(extra="", listen=None, start=True, relay_control=True):
+        d = Daemon(tmp_path / f"d{len(started)}", loopback_dns, extra, listen, relay_control) if started else \
+            Daemon(tmp_path, loopback_dns, extra, listen, relay_control)
         started.append(d)
         return d.start() if start else d
     yield make

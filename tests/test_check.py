@@ -47,37 +47,48 @@ MACHINE_WARNINGS = [":6: warning: smmapd: userid 99: uid 99 has no passwd entry:
                     "runs as this user, may refuse it (Postfix's postdrop says 'unknown uid')"] \
     if _no_passwd_entry(99) else []
 
-NO_RELAY_CONTROL = "no relay-domain and no relay-hosts line"
+NO_RELAY_CONTROL = "no relay-domain or relay-hosts line"
 
 
-def check(*args, env=None, keep_relay_warning=False):
+def check(*args, env=None, keep_relay_error=False):
     """smapctl check's exit status and lines.  Small tables of these tests
-    have no relay lines: the warning that says so (its own test below) is
-    taken out, and the summary's count with it, unless asked for."""
+    have no relay lines: the error that says so (its own test below) is
+    taken out, with the summary's count and the exit status it caused,
+    unless asked for."""
     r = run("smapctl", "check", *args, env=env)
     assert r.stderr == ""
     lines = r.stdout.splitlines()
-    if not keep_relay_warning:
+    code = r.returncode
+    if not keep_relay_error:
         dropped = [line for line in lines if NO_RELAY_CONTROL in line]
         lines = [line for line in lines if NO_RELAY_CONTROL not in line]
         if dropped and lines:
             m = re.match(r"^(.*): (\d+) errors?, (\d+) warnings?$", lines[-1])
             if m:
-                w = int(m.group(3)) - len(dropped)
-                e = int(m.group(2))
+                e = int(m.group(2)) - len(dropped)
+                w = int(m.group(3))
                 lines[-1] = f"{m.group(1)}: {e} error{'' if e == 1 else 's'}, {w} warning{'' if w == 1 else 's'}"
-    return r.returncode, lines
+                if e == 0 and code == 1:
+                    code = 0
+    return code, lines
 
 
-def test_no_relay_control_is_a_warning(table):
+def test_no_relay_control_is_an_error(table):
     path = table("smap: maxrecip 10\n")
-    code, lines = check("-n", "--config", path, keep_relay_warning=True)
-    assert code == 0
-    assert lines == [f"{path}: warning: smap: no relay-domain and no relay-hosts line: smap accepts mail for every "
-                     "domain, as the FWTK smap did; the MTA behind smapd must refuse to relay",
-                     f"{path}: 0 errors, 1 warning"]
-    code, lines = check("-n", "--config", table("smap: relay-domain example.org\n"), keep_relay_warning=True)
-    assert lines[-1].endswith(": 0 errors, 0 warnings")
+    code, lines = check("-n", "--config", path, keep_relay_error=True)
+    assert code == 1
+    assert lines == [f"{path}: error: smap: no relay-domain or relay-hosts line: smap would accept mail for "
+                     "every domain from anyone (an open relay), and the MTA cannot refuse what smapd hands it as "
+                     "a local submission",
+                     f"{path}: 1 error, 0 warnings"]
+    for text in ("smap: relay-domain example.org\n", "smap: relay-hosts 192.0.2.0/24\n",
+                 "ssl-gw: timeout 60\n", "smapd: wakeup 10\n"):
+        # Relay control is asked of smap only, and only of a table that
+        # configures it.
+        code, lines = check("-n", "--config", table(text), keep_relay_error=True)
+        assert code == 0 and lines[-1].endswith(": 0 errors, 0 warnings"), (text, lines)
+    code, lines = check("-n", "--config", table("ssl-gw: timeout 60\n"), "smap", keep_relay_error=True)
+    assert code == 1 and NO_RELAY_CONTROL in lines[0]
 
 
 def test_reference_table_syntax_only():
@@ -335,9 +346,9 @@ def test_open_relay_settings_are_errors(table):
     code, lines = check("-n", "--config", path)
     assert code == 1
     assert lines == [
-        f"{path}:1: error: smap: relay-hosts * makes smap an open relay",
-        f"{path}:1: error: smap: relay-hosts 0.0.0.0/0 makes smap an open relay",
-        f"{path}:1: error: smap: relay-hosts unknown makes smap an open relay",
+        f"{path}:1: error: smap: relay-hosts * matches every client: an open relay",
+        f"{path}:2: error: smap: relay-hosts 0.0.0.0/0 matches every client: an open relay",
+        f"{path}:2: error: smap: relay-hosts unknown matches every client: an open relay",
         f"{path}:3: error: smap: relay-domain * accepts mail for every domain: an open relay",
         f"{path}: 4 errors, 0 warnings",
     ]

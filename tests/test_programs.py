@@ -11,7 +11,7 @@ from support.programs import REFERENCE_TABLE, command, run
 
 
 def test_smap_reads_its_own_name(table, tmp_path):
-    path = table("smmap: maxbytes lots\nsmap: maxbytes 5\n")
+    path = table("smmap: maxbytes lots\nsmap: maxbytes 5\n*: relay-domain example.org\n")
     r = run("smap", "--config", path)
     assert r.returncode == 1 and "standard input is not a connected socket" in r.stderr
     # the same program installed as smmap reads the smmap: lines
@@ -40,11 +40,12 @@ def test_reference_table_loads_for_smmap_and_smmapd(tmp_path):
 def test_other_programs_latin1_lines_do_not_stop_smap(tmp_path):
     path = tmp_path / "netperm-table"
     path.write_bytes(b"# Konfiguration f\xfcr alle Proxies\nftp-gw: banner \"Gr\xfc\xdfe\"\nsmap: maxbytes 5\n"
+                     b"smap: relay-domain example.org\n"
                      b"smapd: banner \"\xff\"\n")
     r = run("smap", "--config", str(path))
     assert r.returncode == 1 and "standard input is not a connected socket" in r.stderr
     r = run("smapd", "--config", str(path))
-    assert r.returncode == 2 and r.stderr == f"smapd: {path}:4: error: the line is not valid UTF-8\n"
+    assert r.returncode == 2 and r.stderr == f"smapd: {path}:5: error: the line is not valid UTF-8\n"
 
 
 def test_table_from_environment_and_missing_table(table):

@@ -58,7 +58,7 @@ def test_smap_rc_script(tmp_path, public_tmp, loopback_dns):
     table.write_text(f"smmap: directory {spool}\nsmmap: userid nobody\nsmmap: groupid {group}\n"
                      f"smmap: listen 127.0.0.1:{port}\nsmmap: minspare 2\nsmmap: hostname test.example\n"
                      f"smmap: resolver 127.0.0.1:{loopback_dns}\nsmmap: scoreboard {tmp_path / 'sb'}\n"
-                     f"smmap: log-socket {syslog.path}\n")
+                     f"smmap: log-socket {syslog.path}\nsmmap: relay-domain example.org\n")
     pidfile = tmp_path / "smmap.pid"
     rc = Rc(tmp_path, "smap", {"smap_enable": "YES", "smap_config": table, "smap_tablename": "smmap",
                                "smap_pidfile": pidfile, "smap_program": command("smap")})

@@ -46,8 +46,8 @@ def test_check_and_the_program_agree(rule, table):
     text, line = CASES[rule.name]
     path = table(text)
     program = rule.programs[0]
-    expected = [str(f"{path}:{line}" if line else path) + f": {rule.severity}: {program}: " + t
-                for t in rule.violations(_settings(path, program))]
+    expected = [str(f"{path}:{line}" if line else path) + f": {rule.severity}: {program}: " + _text(v)
+                for v in rule.violations(_settings(path, program))]
     assert len(expected) == 1
     r = run("smapctl", "check", "-n", "--config", path, timeout=60)
     found = r.stdout.splitlines()
@@ -65,6 +65,53 @@ def test_check_and_the_program_agree(rule, table):
         assert r.returncode == 0
         assert p.returncode == 1 and accepted in p.stderr, p.stderr
         assert expected[0] not in p.stderr
+
+
+def _text(violation):
+    return violation[0] if isinstance(violation, tuple) else violation
+
+
+@pytest.mark.parametrize("lines, line, what", [
+    (["smap: relay-hosts 0.0.0.0/1 128.0.0.0/1"], 1, "every IPv4 client"),
+    (["smap: relay-hosts 192.0.2.0/24", "smap: relay-hosts 0.0.0.0/1", "smap: maxbytes 5000",
+      "smap: relay-hosts 128.0.0.0/1"], 4, "every IPv4 client"),
+    (["smap: relay-hosts ::/1 8000::/1"], 1, "every IPv6 client"),
+    (["smap: relay-domain example.org", "smap: relay-hosts *.*"], 2, "matches every client"),
+    (["smap: relay-domain example.org", "smap: relay-hosts *.*.*.*"], 2, "matches every client"),
+    (["smap: relay-domain example.org", "smap: relay-hosts unknown"], 2, "matches every client"),
+    (["smap: relay-hosts 10.0.0.0/8", "smap: relay-domain example.org *.*"], 2, "every domain"),
+    (["smap: relay-hosts 10.0.0.0/8", "smap: relay-domain *.example.org", "smap: relay-domain *"], 3,
+     "every domain"),
+])
+def test_open_relay_patterns_are_errors_at_the_line_that_completes_them(table, lines, line, what):
+    path = table("\n".join(lines) + "\n")
+    r = run("smapctl", "check", "-n", "--config", path, timeout=60)
+    errors = [f for f in r.stdout.splitlines() if ": error: " in f]
+    assert r.returncode == 1 and len(errors) == 1, r.stdout
+    assert errors[0].startswith(f"{path}:{line}: error: smap: ") and what in errors[0] and "open relay" in errors[0]
+    p = subprocess.run([command("smap"), "--config", path], stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and errors[0] in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("lines", [
+    ["smap: relay-hosts 0.0.0.0/2 128.0.0.0/1"],           # 64.0.0.0/2 missing
+    ["smap: relay-hosts 0.0.0.0/1", "smap: relay-hosts ::/1"],  # half of each family
+    ["smap: relay-hosts 127.0.0.0/8 ::1 *.example.org 192.168.*"],
+    ["smap: relay-domain *.example.org example.* ex*.net"],
+])
+def test_narrow_patterns_are_not_open_relays(table, lines):
+    r = run("smapctl", "check", "-n", "--config", table("\n".join(lines) + "\n"), timeout=60)
+    assert r.returncode == 0 and "open relay" not in r.stdout, r.stdout
+
+
+def test_smap_daemon_refuses_a_table_without_relay_control(table):
+    path = table("smap: listen 127.0.0.1:1\nsmap: maxbytes 5000\n")
+    p = subprocess.run([command("smap"), "-daemon", "-f", "--config", path], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert f"{path}: error: smap: no relay-domain or relay-hosts line" in p.stderr
+    assert "open relay" in p.stderr
 
 
 def _settings(path, program):

@@ -57,6 +57,7 @@ def test_smap_smapd_postfix_byte_exact(unprivileged_submission, public_tmp, loop
     table.write_text(
         f"smap, smapd: directory {spool}\nsmap, smapd: userid nobody\nsmap, smapd: groupid {group}\n"
         f"smap: hostname smap.example.test\nsmap: resolver 127.0.0.1:{loopback_dns}\nsmap: maxrecip 200\n"
+        "smap: relay-domain example.net example.org\n"
         f"smapd: sendmail /usr/sbin/sendmail -C {postfix.config_dir}\nsmapd: wakeup 2\n")
     table.chmod(0o644)
     rcpts_a = ["bob@example.net", "carol@example.net"]

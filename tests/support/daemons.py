@@ -12,13 +12,14 @@ from support import system_files
 from support.logs import Syslog
 from support.programs import children, command, free_port, make_spool, nobody_ids, wait_for
 from support.smtp import Smtp
+from support.tables import relay_control
 
 
 class Daemon:
     """`smap -daemon -f` (as root) with a table of the test's own: `extra`
     lines appended, `listen` specs (default: 127.0.0.1 and a free port)."""
 
-    def __init__(self, base, dns_port, extra="", listen=None):
+    def __init__(self, base, dns_port, extra="", listen=None, relay_control=True):
         self.base = base
         self.spool = make_spool(base / "spool")
         self.port = free_port()
@@ -28,6 +29,7 @@ class Daemon:
         self.syslog = Syslog(base / "log")
         self.dns_port = dns_port
         self.proc = None
+        self.relay_control = relay_control
         self.write_table(extra, listen)
 
     def write_table(self, extra="", listen=None):
@@ -37,7 +39,8 @@ class Daemon:
                 f"smap: resolver 127.0.0.1:{self.dns_port}\nsmap: userid nobody\nsmap: groupid {group}\n"
                 f"smap: pidfile {self.pidfile}\nsmap: scoreboard {self.scoreboard}\n"
                 f"smap: log-socket {self.base / 'log'}\n"
-                + "".join(f"smap: listen {spec}\n" for spec in listen) + extra)
+                + "".join(f"smap: listen {spec}\n" for spec in listen)
+                + (relay_control("smap", extra) if self.relay_control else "") + extra)
         self.table.write_text(text)
 
     def start(self, *args):

@@ -137,7 +137,10 @@ def check_table(path: str, names=(), files: bool = True) -> Report:
             report.add(first_line[name], "note",
                        f"{name!r} is {role} installed under another name: run as {name}, it reads the '{name}:' lines")
         readers = (name, SSLGW) if role == SSLGW else (name,)
-        result = keywords.load(table, role, readers)
+        # The rules between keywords judge a program the table configures;
+        # one it does not mention (no lines, defaults only) is not run
+        # from this table, and "smap needs relay control" would be noise.
+        result = keywords.load(table, role, readers, rules=name in configured)
         report.extend(result.diagnostics)
         loaded[name] = result.settings
 

@@ -23,9 +23,11 @@ and nowhere else:
 
 Each check is a small function returning None (go on) or a `Refusal`:
 the SMTP reply (4xx for DNS trouble, 5xx for a policy refusal) and the
-reason for the log.  Without any `relay-domain` and `relay-hosts` line,
-relay control is off, as in the FWTK: smap accepts every well-formed
-recipient and the MTA behind smapd decides (`smapctl check` says so).
+reason for the log.  A table without any `relay-domain` and `relay-hosts`
+line is refused at start (rules.py, no-relay-control): the FWTK's "accept
+everything, the MTA decides" is an open relay behind a modern MTA, which
+takes smapd's hand-off as a local submission.  `Checks` built without
+them (unit tests) still accept every well-formed recipient.
 
 What it trusts: the table and the files it names (read as root); DNS
 answers only as far as the checks go (a DNS failure never refuses for

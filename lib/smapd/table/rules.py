@@ -19,11 +19,13 @@ own, since a rule here must give the same verdict wherever it runs.
 
 from __future__ import annotations
 
+import fnmatch
+import ipaddress
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from smapd.table.keywords import SMAP, SMAPD, SSLGW
-from smapd.table.netperm import Diagnostic
+from smapd.table.netperm import Diagnostic, compile_host_pattern
 
 ERROR, WARNING = "error", "warning"
 
@@ -34,7 +36,9 @@ class Rule:
     programs: tuple
     keyword: str                               # the line the finding points at ("" = the table)
     severity: str
-    violations: Callable[[object], Iterable[str]]   # settings -> the text of each violation
+    # settings -> each violation: its text, or (text, the netperm Rule of
+    # the line that holds it) when that is not the keyword's first line
+    violations: Callable[[object], Iterable]
     doc: str = ""                              # the rule in one sentence, for netperm-table(5)
 
 
@@ -82,22 +86,66 @@ def _zone_without_maps_rbl(s):
         yield "rbl zones are queried only with 'nospam maps-rbl'"
 
 
+# Addresses and names that stand for "anyone": a pattern (or the lines
+# read so far, together) matching all of them opens the relay.
+_EVERY_ADDRESS = ("0.0.0.1", "9.9.9.9", "100.64.1.2", "127.0.0.1", "192.0.2.77", "223.255.254.253",
+                  "255.255.255.255")
+_EVERY_NAME = ("a.b", "mail.example.com", "x-1.y.z.example.net", "host.spam.example")
+
+
+def _matches_every_name(pattern) -> bool:
+    return pattern.kind == "name" and all(pattern.matches("192.0.2.1", n) for n in _EVERY_NAME)
+
+
 def _open_relay_hosts(s):
-    for pattern in s["relay-hosts"]:
-        if pattern.kind in ("any", "unknown") or (pattern.kind == "address" and pattern.mask == 0):
-            yield f"relay-hosts {pattern.text} makes smap an open relay"
+    """At the line that completes it: a pattern for anyone (`*`, `unknown`,
+    `*.*`, `*.*.*.*`) or networks that together cover a whole address
+    family (`0.0.0.0/1 128.0.0.0/1`, spread over lines or not)."""
+    covered = {4: [], 6: []}
+    told = set()
+    for rule in s.origins.get("relay-hosts", []):
+        for text in rule.args:
+            pattern = compile_host_pattern(text)
+            if pattern.kind in ("any", "unknown") or _matches_every_name(pattern) or (
+                    pattern.kind == "addrglob" and all(pattern.matches(a, None) for a in _EVERY_ADDRESS)):
+                yield f"relay-hosts {text} matches every client: an open relay", rule
+                continue
+            if pattern.kind != "address":
+                continue
+            cls = ipaddress.IPv4Network if pattern.version == 4 else ipaddress.IPv6Network
+            bits = 32 if pattern.version == 4 else 128
+            mask = pattern.mask
+            prefix = bin(mask).count("1")
+            if mask != ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1):
+                continue   # a non-contiguous FWTK mask: never a whole family
+            covered[pattern.version].append(cls((pattern.net, prefix)))
+            whole = list(ipaddress.collapse_addresses(covered[pattern.version]))
+            if not (whole and whole[0].prefixlen == 0) or pattern.version in told:
+                continue
+            told.add(pattern.version)
+            if prefix == 0:
+                yield f"relay-hosts {text} matches every client: an open relay", rule
+            else:
+                family = "IPv4" if pattern.version == 4 else "IPv6"
+                yield (f"relay-hosts {', '.join(str(n) for n in covered[pattern.version])} together match "
+                       f"every {family} client: an open relay"), rule
 
 
 def _open_relay_domain(s):
-    for pattern in s["relay-domain"]:
-        if pattern.strip("*") == "":
-            yield f"relay-domain {pattern} accepts mail for every domain: an open relay"
+    for rule in s.origins.get("relay-domain", []):
+        for domain in rule.args:
+            # Every domain has a dot-free label and at most a few dots:
+            # a glob matching all of these probes matches every domain.
+            if all(fnmatch.fnmatchcase(probe, domain.lower())
+                   for probe in ("com", "example.org", "a.b.c.example", "x-1.y.z.w.example.net")) \
+                    or domain.strip("*.") == "":
+                yield f"relay-domain {domain} accepts mail for every domain: an open relay", rule
 
 
 def _no_relay_control(s):
-    if s.origins and not s["relay-domain"] and not s["relay-hosts"]:
-        yield ("no relay-domain and no relay-hosts line: smap accepts mail for every domain, as the FWTK smap "
-               "did; the MTA behind smapd must refuse to relay")
+    if not s["relay-domain"] and not s["relay-hosts"]:
+        yield ("no relay-domain or relay-hosts line: smap would accept mail for every domain from anyone (an "
+               "open relay), and the MTA cannot refuse what smapd hands it as a local submission")
 
 
 def _minspare_above_maxspare(s):
@@ -135,12 +183,14 @@ RULES = (
     Rule("zone-without-maps-rbl", (SMAP,), "rbl", WARNING, _zone_without_maps_rbl,
          "rbl zones are queried only with nospam maps-rbl."),
     Rule("open-relay-hosts", (SMAP,), "relay-hosts", ERROR, _open_relay_hosts,
-         "relay-hosts may not match every client (*, unknown, 0.0.0.0/0, ::/0)."),
+         "relay-hosts may not match every client (*, unknown, *.*, *.*.*.*, 0.0.0.0/0, ::/0, nor networks "
+         "that together cover an address family, such as 0.0.0.0/1 128.0.0.0/1); the finding names the "
+         "line that completes the pattern."),
     Rule("open-relay-domain", (SMAP,), "relay-domain", ERROR, _open_relay_domain,
-         "relay-domain may not match every domain (*)."),
-    Rule("no-relay-control", (SMAP,), "", WARNING, _no_relay_control,
-         "A table with lines for smap but neither relay-domain nor relay-hosts leaves relay control to the"
-         " MTA behind smapd."),
+         "relay-domain may not match every domain (*, *.*)."),
+    Rule("no-relay-control", (SMAP,), "", ERROR, _no_relay_control,
+         "smap needs relay control: at least one relay-domain or relay-hosts line.  Mail that smapd hands "
+         "to the MTA is a local submission, which the MTA's relay restrictions never see."),
     Rule("minspare-above-maxspare", (SMAP, SSLGW), "minspare", ERROR, _minspare_above_maxspare,
          "minspare may not be above maxspare."),
     Rule("maxspare-above-maxchildren", (SMAP, SSLGW), "maxspare", WARNING, _maxspare_above_maxchildren,
@@ -168,7 +218,12 @@ def evaluate(settings, table: str, rules=RULES) -> list:
     for rule in rules:
         if settings.program not in rule.programs:
             continue
-        for text in rule.violations(settings):
-            file, line = where(settings, rule.keyword, table)
+        for found in rule.violations(settings):
+            if isinstance(found, tuple):
+                text, origin = found
+                file, line = origin.file, origin.line
+            else:
+                text = found
+                file, line = where(settings, rule.keyword, table)
             out.append(Diagnostic(file, line, rule.severity, f"{name}: {text}"))
     return out
