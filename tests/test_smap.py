@@ -13,6 +13,8 @@ import pytest
 
 from support.programs import make_spool, wait_for
 from support.smtp import Smtp
+from smapd import spool as spool_module
+from smapd.handoff import deliver
 from smapd.smap.protocol import Protocol, Settings
 from smapd.smap.session import Limits, Session
 from support.process import stop
@@ -134,6 +136,29 @@ def test_control_characters_and_dashes(smap_table, spool, smap):
     assert s.cmd(b"RCPT TO:<b\x00@y.example>\r\n")[0] == 501
     assert s.cmd("QUIT")[0] == 221
     assert spool_files(spool) == []
+
+
+def test_quoted_local_parts_are_judged_dequoted(smap_table, spool, smap):
+    """What smapd would refuse never gets 250; what gets 250 is spooled as
+    written and passes smapd's check."""
+    s = smap(smap_table(spool)).smtp
+    assert s.reply()[0] == 220
+    assert s.cmd("EHLO c.example")[0] == 250
+    assert s.cmd("MAIL FROM:<a@x.example>")[0] == 250
+    for refused, c in (("|prog@example.org", "|"), ('"|prog"@example.org', "|"), ('"-oQ/tmp"@example.org', "-"),
+                       ('"/etc/passwd"@example.org', "/")):
+        assert s.cmd(f"RCPT TO:<{refused}>") == \
+            (553, [f"553 5.1.3 Bad recipient address: an address may not start with '{c}', quoted or not"])
+    accepted = ['"john doe"@example.org', '"a>b"@example.org', '"a<b>c"@example.org']
+    for a in accepted:
+        assert s.cmd(f"RCPT TO:<{a}>") == (250, ["250 2.1.5 Ok"])
+    assert s.cmd("DATA")[0] == 354
+    assert s.cmd("Subject: q\r\n\r\nhi\r\n.")[0] == 250
+    [name] = spool_files(spool)
+    with open(os.path.join(spool, name), "rb") as f:
+        env = spool_module.read_envelope(f)
+    assert env.recipients == accepted
+    assert [deliver.address_problem(r) for r in env.recipients] == [None] * 3
 
 
 def test_huge_command_line_is_consumed_not_split(smap_table, spool, smap):

@@ -3,6 +3,7 @@ statuses (and records what it was given): delivery, back-off, bounces,
 refusals, time-outs, batches with SENT lines, planted and corrupt spool
 files, the trigger, two smapd on one spool, signals, and SIGKILL."""
 
+import email
 import os
 import re
 import signal
@@ -175,9 +176,10 @@ def test_batches_with_sent_lines_never_duplicate(env):
 
 
 @pytest.mark.parametrize("envelope, why", [
-    (b"FROM <a@x.example>\nRCPT <-oQ/tmp/evil@y.example>\nBODY\nhi\n", "starts with '-'"),
-    (b"FROM <a@x.example>\nRCPT <|/bin/sh>\nBODY\nhi\n", "starts with '|'"),
-    (b"FROM <-f@x.example>\nRCPT <b@y.example>\nBODY\nhi\n", "starts with '-'"),
+    (b"FROM <-f@x.example>\nRCPT <b@y.example>\nBODY\nhi\n",
+     "refused: sender address <-f@x.example>: an address may not start with '-'"),
+    (b'FROM <"|cmd"@x.example>\nRCPT <b@y.example>\nBODY\nhi\n', "may not start with '|', quoted or not"),
+    (b"FROM <a b@x.example>\nRCPT <b@y.example>\nBODY\nhi\n", "not local-part@domain"),
     (b"FROM <a@x.example>\nRCPT <b@y.example>\n", "corrupt spool file: no BODY line (truncated file)"),
     (b"FROM <a@x.example>\nRCPT <b@y.example>\nhi\n", "corrupt spool file: bad envelope line b'hi'"),
     (b"RCPT <b@y.example>\nBODY\nhi\n", "corrupt spool file: the first line is not FROM"),
@@ -190,6 +192,45 @@ def test_planted_and_corrupt_files_go_to_bad(env, envelope, why):
     wait_for(lambda: "id=PLANTED1 moved to " in env.log(p), what="the log line")
     assert why in env.log(p)
     assert env.calls() == []  # the MTA never saw it
+
+
+def test_a_refused_recipient_is_bounced_alone(env):
+    """A recipient smapd refuses (here planted: smap refuses them at RCPT)
+    takes no other recipient with it: the good ones are handed off, each
+    refused one is named in the log and in one RFC 3464 report to the
+    sender, queued through the spool from the null sender."""
+    env.plant("smaPLANTED2", b'FROM <a@x.example>\nRCPT <good@y.example>\nRCPT <|/bin/sh>\n'
+                             b'RCPT <"-oQ/tmp"@y.example>\nRCPT <"john doe"@y.example>\nBODY\n'
+                             b"Subject: planted\nMessage-ID: <p2@x.example>\n\nsecret body\n")
+    p = env.start()
+    wait_for(lambda: len(env.calls()) == 2 and env.spooled() == [], what="the hand-off and the bounce")
+    assert os.listdir(env.bad) == []
+    (argv1, body1), (argv2, body2) = sorted(env.calls(), key=lambda c: c[0][c[0].index("-f") + 1] == "")
+    assert argv1[argv1.index("--") + 1:] == ["good@y.example", '"john doe"@y.example']
+    assert body1.endswith(b"\n\nsecret body\n")
+    assert argv2[argv2.index("-f") + 1] == "" and argv2[argv2.index("--") + 1:] == ["a@x.example"]
+    log = env.log(p)
+    assert "id=PLANTED2 from=<a@x.example> to=<|/bin/sh> failed: 553 5.1.3 refused by smapd: " in log
+    assert "to=<\"-oQ/tmp\"@y.example> failed: " in log and "may not start with '-', quoted or not" in log
+    report = email.message_from_bytes(body2)
+    assert report.get_content_type() == "multipart/report"
+    assert report.get_param("report-type") == "delivery-status"
+    text, status, headers = report.get_payload()
+    assert status.get_content_type() == "message/delivery-status"
+    recipients = [part["Final-Recipient"] for part in status.get_payload()[1:]]
+    assert recipients == ["rfc822; |/bin/sh", 'rfc822; "-oQ/tmp"@y.example']
+    assert {part["Action"] for part in status.get_payload()[1:]} == {"failed"}
+    assert headers.get_content_type() == "text/rfc822-headers"
+    assert "Message-ID: <p2@x.example>" in headers.get_payload() and b"secret body" not in body2
+
+
+def test_no_bounce_for_the_null_sender(env):
+    env.plant("smaPLANTED3", b"FROM <>\nRCPT <|/bin/sh>\nBODY\nSubject: x\n\nhi\n")
+    p = env.start()
+    wait_for(lambda: env.spooled() == [], what="the refusal")
+    assert env.calls() == [] and os.listdir(env.bad) == []
+    assert "id=PLANTED3 from=<> to=<|/bin/sh> failed: " in env.log(p)
+    assert "no bounce (null sender)" in env.log(p)
 
 
 def test_the_trigger_wakes_smapd(env):
@@ -289,7 +330,7 @@ def smapctl(env, *args):
 def test_smapctl_queue_requeue_and_flush(env):
     env.mode("exit 75")
     deferred = env.queue(rcpts=("b@y.example", "c@y.example"))
-    env.plant("smaREFUSED1", b"FROM <a@x.example>\nRCPT <-x@y.example>\nBODY\nhi\n")
+    env.plant("smaREFUSED1", b"FROM <-x@y.example>\nRCPT <a@x.example>\nBODY\nhi\n")
     env.write_table("smapd: retry-max 3600\n")
     p = env.start()
     wait_for(lambda: f"id={deferred} deferred" in env.log(p) and os.listdir(env.bad), what="one deferral, one refusal")
@@ -303,7 +344,7 @@ def test_smapctl_queue_requeue_and_flush(env):
     assert lines[4] == f"      last error: {env.mta} exited 75"
     assert lines[5] == f"bad {env.bad}: 1 message"
     assert lines[6].startswith("  REFUSED1  ") and "next=never (bad)" in lines[6]
-    assert "last error: refused: address '-x@y.example' starts with '-'" in r.stdout
+    assert "last error: refused: sender address <-x@y.example>: an address may not start with '-'" in r.stdout
 
     # flush: the deferred message is due now and smapd is woken
     env.mode("ok")

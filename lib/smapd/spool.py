@@ -30,7 +30,8 @@ What it must never do: leave an `sma*` file that is not complete and
 synced, reuse a queue id, let a write failure pass silently (every error
 is an OSError for the caller, who answers 451 and calls `abort()`), read
 a message body into memory, or accept an address read back that holds a
-control character or angle brackets.
+control character or a non-ASCII octet (every address smap writes, which
+mailbox.py accepted, reads back unchanged).
 """
 
 from __future__ import annotations
@@ -172,7 +173,11 @@ def poke_trigger(directory: str) -> None:
 
 #: The longest envelope accepted: 10 000 recipients of 256 octets and more.
 MAX_ENVELOPE = 4 << 20
-_LINE = re.compile(rb"^(FROM|RCPT|SENT) <([^<>\x00-\x1f\x7f]*)>$")
+# Between the brackets, printable ASCII and blanks: a quoted local part
+# may hold blanks and angle brackets ("john doe"@x, "a>b"@x), and the
+# line ends with the closing bracket.  The grammar is mailbox.py's, which
+# smapd applies to what this returns.
+_LINE = re.compile(rb"^(FROM|RCPT|SENT) <([\x20-\x7e]*)>$")
 
 
 class Corrupt(Exception):

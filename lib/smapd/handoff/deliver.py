@@ -19,8 +19,13 @@ time.  The exit status decides (DESIGN.md section 6):
     a signal, the time-out   EX_IOERR, EX_TEMPFAIL, EX_NOPERM) temporary:
                              retried later, the next attempt being the
                              file's mtime
-    anything else, a corrupt file, a refused address
+    anything else, a corrupt file, a refused sender
                              moved to baddir with a log line saying why
+
+A recipient whose address mailbox.py refuses (only a planted file, or a
+grammar that changed between smap's RCPT and now, has one) is bounced
+alone: an RFC 3464 report to the sender goes into the spool (dsn.py),
+its RCPT line becomes SENT, and the other recipients are handed off.
 
 What it trusts: the MTA's exit status; nothing in the spool file, which
 may be corrupt or planted (spool.read_envelope says what is wrong).
@@ -39,13 +44,15 @@ import logging
 import os
 import select
 import signal
+import socket
 import stat
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from smapd import spool
+from smapd import mailbox, spool
 from smapd.files import fsync_dir
+from smapd.handoff import dsn
 from smapd.spool import queue_id_time, set_error
 
 log = logging.getLogger("smapd")
@@ -68,17 +75,31 @@ class DeliverySettings:
     retry_max: int = 3600
     timeout: float = 600
     directory: str = "."       # the spool (smapd's working directory)
+    hostname: str = field(default_factory=socket.gethostname)   # the Reporting-MTA of bounces
 
 
 def address_problem(addr: str, sender: bool = False):
-    """Why an address from a spool file may not reach the MTA's argv."""
-    if not addr:
-        return None if sender else "empty address"
-    if addr[0] in "-|/":
-        return f"address {addr!r} starts with {addr[0]!r}"
-    if any(ord(c) < 33 or ord(c) == 127 for c in addr):
-        return f"address {addr!r} holds blanks or control characters"
-    return None
+    """Why an address from a spool file may not reach the MTA: smap's own
+    grammar (mailbox.py), so that nothing smap accepted is refused here.
+    Each address is one argv element after `--`: a blank inside a quoted
+    local part is no separator."""
+    problem = mailbox.problem(addr, sender)
+    return f"address <{addr}>: {problem}" if problem else None
+
+
+def fail_recipients(c, ctx: DeliverySettings, env, refused: dict) -> None:
+    """Bounce `refused` (recipient -> reason) to the sender, then record
+    them as done (SENT), so that the others are handed off and these are
+    never tried again.  An OSError (the bounce could not be queued, or
+    the SENT lines written) leaves the file for a retry: nothing is lost."""
+    failures = [(r, "5.1.3", f"553 5.1.3 refused by smapd: {why}") for r, why in refused.items()]
+    headers = dsn.original_headers(c.ro, env.body_offset)
+    bounce = dsn.queue_bounce(ctx.directory, ctx.hostname, c.id, env.sender, failures, headers,
+                              queue_id_time(c.id) or time.time())
+    for r, _status, why in failures:
+        told = f"bounced to <{env.sender}> (DSN id={bounce})" if bounce else "no bounce (null sender)"
+        log.warning("id=%s from=<%s> to=<%s> failed: %s; %s", c.id, env.sender, r, why, told)
+    spool.mark_sent(c.fd, env, list(refused))
 
 
 def next_delay(queue_id: str, st, now: float, retry_max: int) -> float:
@@ -321,14 +342,21 @@ def _deliver(c: Claim, ctx: DeliverySettings) -> int:
         except spool.Corrupt as e:
             move_to_bad(c, ctx, f"corrupt spool file: {e}")
             return DONE
-    for addr, is_sender in [(env.sender, True)] + [(r, False) for r in env.recipients]:
-        problem = address_problem(addr, is_sender)
-        if problem:
-            move_to_bad(c, ctx, f"refused: {problem}")
-            return DONE
+    problem = address_problem(env.sender, sender=True)
+    if problem:
+        move_to_bad(c, ctx, f"refused: sender {problem}")
+        return DONE
     # Each recipient once: a repeated RCPT line must not hand a recipient
     # off again in a later batch, after its SENT lines were written.
     pending = list(dict.fromkeys(env.pending))
+    refused = {r: p for r in pending if (p := address_problem(r))}
+    if refused:
+        try:
+            fail_recipients(c, ctx, env, refused)
+        except OSError as e:
+            reschedule(c, ctx, f"bouncing {len(refused)} refused recipients failed: {e.strerror}")
+            return DONE
+        pending = [r for r in pending if r not in refused]
     if not pending:
         # Every recipient has a SENT line: nothing is left to hand off, so
         # the file goes as after a last batch (kept, every scan would

@@ -24,12 +24,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
+from smapd.mailbox import DOMAIN, LITERAL, AddressError, parse as parse_mailbox
 from smapd.smap.sasl import b64decode_strict, decode_plain
 
 MAX_COMMAND = 512          # octets, CRLF included (RFC 5321 4.5.3.1.4)
-MAX_PATH = 256
-MAX_LOCAL = 64
-MAX_DOMAIN = 255
 
 
 @dataclass(frozen=True)
@@ -94,15 +92,9 @@ class Result:
         return self.action == "close"
 
 
-# RFC 5321 address pieces (ASCII only: no SMTPUTF8).
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
-_DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
-_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*\.?"
-_LITERAL = r"\[(?:[0-9.]+|IPv6:[0-9A-Fa-f:.]+)\]"
-_MAILBOX_RE = re.compile(rf"^(?P<local>{_DOT_ATOM}|{_QUOTED})@(?P<domain>{_DOMAIN}|{_LITERAL})$")
-_ROUTE_RE = re.compile(rf"^@(?:{_DOMAIN}|{_LITERAL})(?:,@(?:{_DOMAIN}|{_LITERAL}))*:")
+# A source route, accepted before a sender and ignored (RFC 5321 C);
+# the address grammar itself is mailbox.py's.
+_ROUTE_RE = re.compile(rf"^@(?:{DOMAIN}|{LITERAL})(?:,@(?:{DOMAIN}|{LITERAL}))*:")
 _HELO_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _PARAM_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]*))?$")
 
@@ -318,10 +310,11 @@ class Protocol:
             m = _ROUTE_RE.match(path)
             if m:  # RFC 5321 C: accept a source route and ignore it
                 path = path[m.end():]
-            problem = self._address_problem(path)
-            if problem:
-                code = 553 if problem.startswith("an address may not") else 501
-                return self._error(reply(code, "5.1.7", f"Bad sender address: {problem}"), f"sender: {problem}")
+            try:
+                parse_mailbox(path, sender=True)
+            except AddressError as e:
+                return self._error(reply(553 if e.policy else 501, "5.1.7", f"Bad sender address: {e.reason}"),
+                                   f"sender: {e.reason}")
         body, size = "7BIT", None
         for p in params.split():
             m = _PARAM_RE.match(p)
@@ -366,11 +359,13 @@ class Protocol:
         if path.lower() == "postmaster":
             path = "postmaster"
         else:
-            problem = "an empty recipient" if not path else self._address_problem(path)
-            if problem:
-                code = 553 if problem.startswith("an address may not") else 501
-                return self._error(reply(code, "5.1.3", f"Bad recipient address: {problem}"),
-                                   f"recipient: {problem}")
+            try:
+                if not path:
+                    raise AddressError("an empty recipient")
+                parse_mailbox(path)
+            except AddressError as e:
+                return self._error(reply(553 if e.policy else 501, "5.1.3", f"Bad recipient address: {e.reason}"),
+                                   f"recipient: {e.reason}")
         if len(self.envelope.recipients) >= self.settings.maxrecip:
             # Not the client's error: the session goes on and the error
             # budget is not charged.  Logged once per message, so that
@@ -520,19 +515,6 @@ class Protocol:
         return Result([reply(214, "2.0.0", f"Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP{extra}")])
 
     # ------------------------------------------------------------ helpers
-
-    @staticmethod
-    def _address_problem(path: str) -> Optional[str]:
-        if len(path) + 2 > MAX_PATH:  # the limit counts the angle brackets
-            return "too long"
-        if path.startswith("-"):
-            return "an address may not start with '-'"
-        m = _MAILBOX_RE.match(path)
-        if not m:
-            return "not local-part@domain"
-        if len(m.group("local")) > MAX_LOCAL or len(m.group("domain")) > MAX_DOMAIN:
-            return "too long"
-        return None
 
     def _refuse_message(self, r: Reply, why: str) -> Result:
         self.envelope = None
