@@ -47,7 +47,7 @@ MACHINE_WARNINGS = [":6: warning: smmapd: userid 99: uid 99 has no passwd entry:
                     "runs as this user, may refuse it (Postfix's postdrop says 'unknown uid')"] \
     if _no_passwd_entry(99) else []
 
-NO_RELAY_CONTROL = "no relay-domain or relay-hosts line"
+NO_RELAY_CONTROL = "no relay-domain, relay-hosts or recipients line"
 
 
 def check(*args, env=None, keep_relay_error=False):
@@ -77,9 +77,9 @@ def test_no_relay_control_is_an_error(table):
     path = table("smap: maxrecip 10\n")
     code, lines = check("-n", "--config", path, keep_relay_error=True)
     assert code == 1
-    assert lines == [f"{path}: error: smap: no relay-domain or relay-hosts line: smap would accept mail for "
-                     "every domain from anyone (an open relay), and the MTA cannot refuse what smapd hands it as "
-                     "a local submission",
+    assert lines == [f"{path}: error: smap: no relay-domain, relay-hosts or recipients line: smap would accept "
+                     "mail for every domain from anyone (an open relay), and the MTA cannot refuse what smapd "
+                     "hands it as a local submission",
                      f"{path}: 1 error, 0 warnings"]
     for text in ("smap: relay-domain example.org\n", "smap: relay-hosts 192.0.2.0/24\n",
                  "ssl-gw: timeout 60\n", "smapd: wakeup 10\n"):
@@ -460,3 +460,16 @@ def test_baddir_on_another_file_system(tmp_path, public_tmp):
             in r.stderr, r.stderr
     finally:
         os.rmdir(bad)
+
+
+def test_recipients_map_is_relay_control_and_its_bad_lines_are_warned(table, tmp_path):
+    rmap = tmp_path / "recipients"
+    rmap.write_text("alice@example.org\n@lists.example.org\n\"|prog\"@example.org\n  indented@example.org\n")
+    path = table(f"smap: maxrecip 10\nsmap: recipients {rmap}\n")
+    code, lines = check("--config", path, "smap", keep_relay_error=True)
+    found = [line for line in lines if "recipients" in line]
+    assert f"{path}:2: warning: smap: {rmap}:3: '\"|prog\"@example.org' is not an address (local-part@domain) " \
+        "or @domain; line ignored" in found, lines
+    assert f"{path}:2: warning: smap: {rmap}:4: a continuation line (the key must start the line); line ignored" \
+        in found, lines
+    assert not any(NO_RELAY_CONTROL in line for line in lines)

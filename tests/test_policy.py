@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from support.programs import command
+from support.programs import command, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="smap -daemon binds and jails as root")
 
@@ -165,4 +165,45 @@ def test_no_relay_control_does_not_start(daemon):
     p = subprocess.run([command("smap"), "-daemon", "-f", "--config", str(d.table)], stdin=subprocess.DEVNULL,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2, p.stderr
-    assert f"{d.table}: error: smap: no relay-domain or relay-hosts line" in p.stderr
+    assert f"{d.table}: error: smap: no relay-domain, relay-hosts or recipients line" in p.stderr
+
+
+def test_recipients_map_refuses_unknown_users_and_reloads(daemon, tmp_path):
+    """`recipients` alone is relay control: listed mailboxes are accepted
+    from anyone, unlisted ones of the map's domains get 550 5.1.1 (from
+    internal clients too), other domains are not relayed; the master
+    re-reads the map when it changes."""
+    rmap = tmp_path / "recipients"
+    rmap.write_text("# mailboxes that exist\nalice@ours.example OK\n\"Bob Smith\"@ours.example x\n"
+                    "@lists.example\nnot an address\n")
+    os.chmod(rmap, 0o644)
+    d = daemon(f"smap: recipients {rmap}\nsmap: minspare 1\n", relay_control=False)
+    d.syslog.wait(rf"{rmap}:5: 'not' is not an address \(local-part@domain\) or @domain; line ignored")
+    codes = rcpt_codes(d, ["alice@ours.example", "ALICE@Ours.Example.", '"alice"@ours.example',
+                           '"Bob Smith"@ours.example', "anyone@lists.example", "postmaster@ours.example",
+                           "postmaster", "nosuch@ours.example", "alice+tag@ours.example", "alice@other.example"])
+    assert codes == {"alice@ours.example": 250, "ALICE@Ours.Example.": 250, '"alice"@ours.example': 250,
+                     '"Bob Smith"@ours.example': 250, "anyone@lists.example": 250, "postmaster@ours.example": 250,
+                     "postmaster": 250, "nosuch@ours.example": 550, "alice+tag@ours.example": 550,
+                     "alice@other.example": 554}
+    s = smtplib.SMTP("127.0.0.1", d.port, local_hostname="client.example.test", timeout=30)
+    s.ehlo()
+    s.docmd("MAIL", "FROM:<sender@example.test>")
+    assert s.docmd("RCPT", "TO:<nosuch@ours.example>") == \
+        (550, b"5.1.1 <nosuch@ours.example>: Recipient address rejected: User unknown")
+    s.close()
+    d.syslog.wait(rf"unknown recipient <nosuch@ours\.example> \(not in {rmap}\)")
+    rmap.write_text("alice@ours.example\nnosuch@ours.example\n")
+    d.syslog.wait(rf"{rmap} changed: reloading")
+    wait_for(lambda: rcpt_codes(d, ["nosuch@ours.example"])["nosuch@ours.example"] == 250,
+             what="the new map in use")
+    assert rcpt_codes(d, ["anyone@lists.example"]) == {"anyone@lists.example": 554}
+
+
+def test_recipients_map_applies_to_internal_clients(daemon, tmp_path):
+    rmap = tmp_path / "recipients"
+    rmap.write_text("alice@ours.example\n")
+    os.chmod(rmap, 0o644)
+    d = daemon(f"smap: recipients {rmap}\nsmap: relay-hosts 127.0.0.1\nsmap: minspare 1\n")
+    assert rcpt_codes(d, ["alice@ours.example", "nosuch@ours.example", "far@other.example"]) == \
+        {"alice@ours.example": 250, "nosuch@ours.example": 550, "far@other.example": 250}

@@ -110,7 +110,7 @@ def test_smap_daemon_refuses_a_table_without_relay_control(table):
     p = subprocess.run([command("smap"), "-daemon", "-f", "--config", path], stdin=subprocess.DEVNULL,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2, p.stderr
-    assert f"{path}: error: smap: no relay-domain or relay-hosts line" in p.stderr
+    assert f"{path}: error: smap: no relay-domain, relay-hosts or recipients line" in p.stderr
     assert "open relay" in p.stderr
 
 

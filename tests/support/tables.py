@@ -12,7 +12,7 @@ import re
 RELAY_DOMAINS = ("example.org", "example.net", "example.com", "example.test", "x.example", "y.example",
                  "z.example", "b.example", "localdomain.com", "mail.example.com")
 
-_CONTROL = re.compile(r"^\s*[^:#\n]*:\s*(relay-domain|relay-hosts)\b", re.M)
+_CONTROL = re.compile(r"^\s*[^:#\n]*:\s*(relay-domain|relay-hosts|recipients)\b", re.M)
 
 
 def relay_control(name: str, extra: str = "") -> str:

@@ -280,6 +280,13 @@ def _machine(s, name, report):
                 report.add(_at(s, "spam-database"), "warning", f"{name}: {warning}")
         except OSError:
             pass  # the file check has said why
+    if s.program == SMAP and s["recipients"] and os.path.isfile(s["recipients"]):
+        from smapd.smap.recipients import RecipientMap
+        try:
+            for warning in RecipientMap.load(s["recipients"]).warnings:
+                report.add(_at(s, "recipients"), "warning", f"{name}: {warning}")
+        except OSError:
+            pass  # the file check has said why
     if s.program == SSLGW and s["tcpwrappers"] and os.path.isdir(s["tcpwrappers-dir"]):
         # What ssl-gw would log at start about hosts.allow and hosts.deny.
         from smapd.sslgw.tcpwrap import Tables

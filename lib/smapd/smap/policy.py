@@ -75,10 +75,11 @@ class Checks:
     #: verified against the operator's own CA (`ssl-ca`): the system's
     #: public CAs sign certificates for anyone.
     certificates_exempt: bool = False
+    recipients: object = None      # recipients.RecipientMap, or None
 
     @property
     def relay_control(self) -> bool:
-        return bool(self.relay_domains or self.relay_hosts)
+        return bool(self.relay_domains or self.relay_hosts or self.recipients)
 
     @classmethod
     def from_settings(cls, settings, resolver=None) -> "Checks":
@@ -88,6 +89,12 @@ class Checks:
             from smapd.smap import spamdb as sdb
             spamdb = sdb.SpamDatabase.load(settings["spam-database"])
             for w in spamdb.warnings:
+                log.warning("%s", w)
+        recipients = None
+        if settings["recipients"]:
+            from smapd.smap.recipients import RecipientMap
+            recipients = RecipientMap.load(settings["recipients"])
+            for w in recipients.warnings:
                 log.warning("%s", w)
         if settings["auth"] and settings["md5file"]:
             from smapd.smap import password_file
@@ -99,7 +106,7 @@ class Checks:
                    relay_hosts=settings["relay-hosts"], nospam=nospam, rbls=settings["rbl"],
                    rbl_threshold=settings["rbl-threshold"], resolver=resolver,
                    dns_timeout=settings["dns-timeout"], spamdb=spamdb, passwords=passwords,
-                   certificates_exempt=bool(settings["ssl-ca"]))
+                   certificates_exempt=bool(settings["ssl-ca"]), recipients=recipients)
 
 
 @dataclass
@@ -272,8 +279,20 @@ def recipient_routing(p: SessionPolicy, proto, recipient: str) -> Optional[Refus
     return None
 
 
+def recipient_known(p: SessionPolicy, proto, recipient: str) -> Optional[Refusal]:
+    """The recipient map, for every client, exempt ones included: a
+    mailbox that does not exist would be bounced by the MTA, to a sender
+    that may be forged."""
+    if p.setup.recipients is None or p.setup.recipients.verdict(recipient) != "unknown":
+        return None
+    return Refusal(reply(550, "5.1.1", f"<{recipient}>: Recipient address rejected: User unknown"),
+                   f"unknown recipient <{recipient}> (not in {p.setup.recipients.path})")
+
+
 def recipient_relay(p: SessionPolicy, proto, recipient: str) -> Optional[Refusal]:
     if not p.setup.relay_control or p.exempt(proto) or recipient == "postmaster":
+        return None
+    if p.setup.recipients is not None and p.setup.recipients.verdict(recipient) == "known":
         return None
     domain = recipient_domain(recipient)
     if any(fnmatch.fnmatchcase(domain, pattern) for pattern in p.setup.relay_domains):
@@ -282,7 +301,7 @@ def recipient_relay(p: SessionPolicy, proto, recipient: str) -> Optional[Refusal
                    f"relay to <{recipient}> denied (domain {domain} is not a relay-domain)")
 
 
-RCPT_CHECKS = (recipient_routing, recipient_relay)
+RCPT_CHECKS = (recipient_routing, recipient_known, recipient_relay)
 
 
 def new_session(setup: Checks, addr: str, name: Optional[str]) -> SessionPolicy:

@@ -158,7 +158,7 @@ class SmapService:
     def watched_files(self, settings) -> list:
         """Files outside the jail whose change means a reload (the master
         stats them; its children could not)."""
-        return [f for f in (settings["spam-database"], settings["md5file"]) if f]
+        return [f for f in (settings["spam-database"], settings["md5file"], settings["recipients"]) if f]
 
     def listeners(self, settings) -> list:
         from smapd.prefork.master import ListenSpec

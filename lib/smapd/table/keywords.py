@@ -506,6 +506,10 @@ _DECLARATIONS = [
             "how long the DNSBL queries (all zones at once) and the ns-required look-ups may take"),
     Keyword(SMAP, "resolver", ResolverType(), (),
             "a DNS server for smap's look-ups", multi=True, default_doc="the servers of /etc/resolv.conf"),
+    Keyword(SMAP, "recipients", Path("file"), None,
+            "file of the mailboxes that exist (user@domain, or @domain for every user of a domain; the format "
+            "of Postfix's relay_recipient_maps sources): others of those domains get 550 5.1.1, the listed ones "
+            "are accepted from anyone; re-read when it changes"),
     Keyword(SMAP, "spam-database", Path("file"), None,
             "file of refused client addresses, networks, senders and domains; re-read when it changes"),
     Keyword(SMAP, "crlf", Choice("strict", "normalize"), "strict",

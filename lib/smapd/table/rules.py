@@ -143,9 +143,9 @@ def _open_relay_domain(s):
 
 
 def _no_relay_control(s):
-    if not s["relay-domain"] and not s["relay-hosts"]:
-        yield ("no relay-domain or relay-hosts line: smap would accept mail for every domain from anyone (an "
-               "open relay), and the MTA cannot refuse what smapd hands it as a local submission")
+    if not s["relay-domain"] and not s["relay-hosts"] and not s["recipients"]:
+        yield ("no relay-domain, relay-hosts or recipients line: smap would accept mail for every domain from "
+               "anyone (an open relay), and the MTA cannot refuse what smapd hands it as a local submission")
 
 
 def _minspare_above_maxspare(s):
@@ -189,8 +189,8 @@ RULES = (
     Rule("open-relay-domain", (SMAP,), "relay-domain", ERROR, _open_relay_domain,
          "relay-domain may not match every domain (*, *.*)."),
     Rule("no-relay-control", (SMAP,), "", ERROR, _no_relay_control,
-         "smap needs relay control: at least one relay-domain or relay-hosts line.  Mail that smapd hands "
-         "to the MTA is a local submission, which the MTA's relay restrictions never see."),
+         "smap needs relay control: at least one relay-domain, relay-hosts or recipients line, since mail "
+         "that smapd hands to the MTA is a local submission, which the MTA's relay restrictions never see."),
     Rule("minspare-above-maxspare", (SMAP, SSLGW), "minspare", ERROR, _minspare_above_maxspare,
          "minspare may not be above maxspare."),
     Rule("maxspare-above-maxchildren", (SMAP, SSLGW), "maxspare", WARNING, _maxspare_above_maxchildren,
