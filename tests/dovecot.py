@@ -35,8 +35,9 @@ base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/dovecot.log
 info_log_path = {root}/dovecot.log
-protocols = imap pop3
+protocols = imap pop3{lmtp_protocol}
 listen = 127.0.0.1
+auth_username_format = %n
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
@@ -70,6 +71,15 @@ service pop3-login {{
     port = 0
   }}
 }}
+{lmtp_service}"""
+
+# LMTP on a UNIX socket that smapd, as nobody, may connect to.
+LMTP_SERVICE = """\
+service lmtp {{
+  unix_listener {socket} {{
+    mode = 0666
+  }}
+}}
 """
 
 
@@ -77,11 +87,14 @@ class Dovecot:
     user = "tester"
     password = "s3cret-pass"
 
-    def __init__(self, imap_port, pop3_port):
+    def __init__(self, imap_port, pop3_port, lmtp=False):
         self.imap_port = imap_port
         self.pop3_port = pop3_port
         self.root = tempfile.mkdtemp(prefix="dovecot-test-", dir="/tmp")
         os.chmod(self.root, 0o755)
+        #: The LMTP socket (any address whose local part is `user`
+        #: reaches the user), or None.
+        self.lmtp_socket = os.path.join(self.root, "lmtp") if lmtp else None
         self.uid = pwd.getpwnam("nobody").pw_uid
         try:
             self.gid = grp.getgrnam("nogroup").gr_gid
@@ -117,10 +130,13 @@ class Dovecot:
             f.write(f"{self.user}:{self.password}\n")
         with open(self.conf, "w") as f:
             f.write(CONF.format(root=self.root, uid=self.uid, gid=self.gid, imap_port=self.imap_port,
-                                pop3_port=self.pop3_port))
+                                pop3_port=self.pop3_port, lmtp_protocol=" lmtp" if self.lmtp_socket else "",
+                                lmtp_service=LMTP_SERVICE.format(socket=self.lmtp_socket)
+                                if self.lmtp_socket else ""))
         self.proc = subprocess.Popen([DOVECOT, "-F", "-c", self.conf], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
-        wait_for(lambda: self._answers(self.imap_port, b"* OK") and self._answers(self.pop3_port, b"+OK"),
+        wait_for(lambda: self._answers(self.imap_port, b"* OK") and self._answers(self.pop3_port, b"+OK")
+                 and (not self.lmtp_socket or os.path.exists(self.lmtp_socket)),
                  timeout=20, what=f"Dovecot on 127.0.0.1:{self.imap_port} and :{self.pop3_port}"
                                   f" ({self._log_tail()})")
         return self

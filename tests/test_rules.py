@@ -28,12 +28,14 @@ CASES = {
     "minspare-above-maxspare": (RELAY + "smap: minspare 30\nsmap: maxspare 10\n", 2),
     "maxspare-above-maxchildren": (RELAY + "smap: maxspare 50\nsmap: maxchildren 10\n", 2),
     "verify-needs-cas": ("ssl-gw: verify 2\n", 1),
+    "mta-and-sendmail": ("smapd: sendmail /usr/sbin/sendmail\nsmapd: mta smtp:127.0.0.1:10025\n", 2),
 }
 #: How each program is run so that it stops right after its table: on a
 #: standard input that is not a socket, once the table has been accepted.
 RUNS = {
     "smap": (["smap"], "standard input is not a connected socket"),
     "ssl-gw": (["ssl-gw", "-r", "143"], "standard input is not a connected socket"),
+    "smapd": (["smapd"], ""),   # its rules are errors only: it never gets past them
 }
 
 

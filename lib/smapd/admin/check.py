@@ -263,6 +263,8 @@ def _machine(s, name, report):
             continue
         if not s.is_set(kw.name) and check not in ("dir", "exec", "user", "group"):
             continue
+        if kw.name == "sendmail" and s.program == SMAPD and s["mta"]:
+            continue  # not run: smapd hands off by SMTP/LMTP
         value = s[kw.name]
         if value is None or value == ():
             continue
@@ -273,20 +275,18 @@ def _machine(s, name, report):
         if problem:
             severity, text = problem
             report.add(line, severity, f"{label}: {text}")
-    if s.program == SMAP and s["spam-database"] and os.path.isfile(s["spam-database"]):
-        from smapd.smap.spamdb import SpamDatabase
-        try:
-            for warning in SpamDatabase.load(s["spam-database"]).warnings:
-                report.add(_at(s, "spam-database"), "warning", f"{name}: {warning}")
-        except OSError:
-            pass  # the file check has said why
-    if s.program == SMAP and s["recipients"] and os.path.isfile(s["recipients"]):
+    if s.program == SMAP:
+        # What smap would log at start about the files it reads line by line.
         from smapd.smap.recipients import RecipientMap
-        try:
-            for warning in RecipientMap.load(s["recipients"]).warnings:
-                report.add(_at(s, "recipients"), "warning", f"{name}: {warning}")
-        except OSError:
-            pass  # the file check has said why
+        from smapd.smap.spamdb import SpamDatabase
+        for keyword, loader in (("spam-database", SpamDatabase.load), ("recipients", RecipientMap.load)):
+            if not (s[keyword] and os.path.isfile(s[keyword])):
+                continue
+            try:
+                for warning in loader(s[keyword]).warnings:
+                    report.add(_at(s, keyword), "warning", f"{name}: {warning}")
+            except OSError:
+                pass  # the file check has said why
     if s.program == SSLGW and s["tcpwrappers"] and os.path.isdir(s["tcpwrappers-dir"]):
         # What ssl-gw would log at start about hosts.allow and hosts.deny.
         from smapd.sslgw.tcpwrap import Tables

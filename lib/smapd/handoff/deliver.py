@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from smapd import mailbox, spool
 from smapd.files import fsync_dir
 from smapd.handoff import dsn
+from smapd.handoff.smtp_client import MtaSession, MtaUnavailable
 from smapd.spool import queue_id_time, set_error
 
 log = logging.getLogger("smapd")
@@ -75,7 +76,8 @@ class DeliverySettings:
     retry_max: int = 3600
     timeout: float = 600
     directory: str = "."       # the spool (smapd's working directory)
-    hostname: str = field(default_factory=socket.gethostname)   # the Reporting-MTA of bounces
+    hostname: str = field(default_factory=socket.gethostname)   # the Reporting-MTA of bounces, EHLO's name
+    mta: object = None         # keywords.Mta: hand off by SMTP/LMTP instead of sendmail
 
 
 def address_problem(addr: str, sender: bool = False):
@@ -87,19 +89,19 @@ def address_problem(addr: str, sender: bool = False):
     return f"address <{addr}>: {problem}" if problem else None
 
 
-def fail_recipients(c, ctx: DeliverySettings, env, refused: dict) -> None:
-    """Bounce `refused` (recipient -> reason) to the sender, then record
-    them as done (SENT), so that the others are handed off and these are
-    never tried again.  An OSError (the bounce could not be queued, or
-    the SENT lines written) leaves the file for a retry: nothing is lost."""
-    failures = [(r, "5.1.3", f"553 5.1.3 refused by smapd: {why}") for r, why in refused.items()]
+def fail_recipients(c, ctx: DeliverySettings, env, failures) -> None:
+    """Bounce `failures` ((recipient, enhanced status, reply) each) to the
+    sender, then record them as done (SENT), so that the others are
+    handed off and these are never tried again.  An OSError (the bounce
+    could not be queued, or the SENT lines written) leaves the file for
+    a retry: nothing is lost."""
     headers = dsn.original_headers(c.ro, env.body_offset)
     bounce = dsn.queue_bounce(ctx.directory, ctx.hostname, c.id, env.sender, failures, headers,
                               queue_id_time(c.id) or time.time())
     for r, _status, why in failures:
         told = f"bounced to <{env.sender}> (DSN id={bounce})" if bounce else "no bounce (null sender)"
         log.warning("id=%s from=<%s> to=<%s> failed: %s; %s", c.id, env.sender, r, why, told)
-    spool.mark_sent(c.fd, env, list(refused))
+    spool.mark_sent(c.fd, env, [r for r, _status, _why in failures])
 
 
 def next_delay(queue_id: str, st, now: float, retry_max: int) -> float:
@@ -352,7 +354,8 @@ def _deliver(c: Claim, ctx: DeliverySettings) -> int:
     refused = {r: p for r in pending if (p := address_problem(r))}
     if refused:
         try:
-            fail_recipients(c, ctx, env, refused)
+            fail_recipients(c, ctx, env, [(r, "5.1.3", f"553 5.1.3 refused by smapd: {why}")
+                                          for r, why in refused.items()])
         except OSError as e:
             reschedule(c, ctx, f"bouncing {len(refused)} refused recipients failed: {e.strerror}")
             return DONE
@@ -371,6 +374,8 @@ def _deliver(c: Claim, ctx: DeliverySettings) -> int:
             except OSError:
                 pass
         return DONE
+    if ctx.mta is not None:
+        return _deliver_smtp(c, ctx, env, pending)
     while pending:
         batch, pending = pending[:BATCH], pending[BATCH:]
         status, why = run_sendmail(ctx, env.sender, batch, c.ro, env.body_offset)
@@ -385,19 +390,65 @@ def _deliver(c: Claim, ctx: DeliverySettings) -> int:
             return DONE
         outcome = "sent" if status == 0 else f"bounced by the MTA ({why})"
         log.info("id=%s from=<%s> nrcpt=%d %s", c.id, env.sender, len(batch), outcome)
-        try:
-            if pending:
-                spool.mark_sent(c.fd, env, batch)
-            else:
-                os.unlink(c.name)  # unlink, then unlock (the caller closes)
-                fsync_dir(ctx.directory)
-        except OSError as e:
-            # Handed off, but not recorded: never retry at once (that would
-            # hand the same batch off again and again).
-            log.error("id=%s handed off, but recording it failed: %s", c.id, e.strerror)
-            try:
-                reschedule(c, ctx, f"recording a hand-off failed: {e.strerror}")
-            except OSError:
-                pass
+        if not record_handoff(c, ctx, env, batch, last=not pending):
             return DONE
+    return DONE
+
+
+def record_handoff(c: Claim, ctx: DeliverySettings, env, batch, last: bool) -> bool:
+    """After a hand-off: the batch's SENT lines, or, for the `last` one,
+    the file unlinked (then unlocked, as the caller closes).  False when
+    that failed: the file is then rescheduled, never retried at once,
+    which would hand the same batch off again and again."""
+    try:
+        if last:
+            os.unlink(c.name)
+            fsync_dir(ctx.directory)
+        else:
+            spool.mark_sent(c.fd, env, batch)
+        return True
+    except OSError as e:
+        log.error("id=%s handed off, but recording it failed: %s", c.id, e.strerror)
+        try:
+            reschedule(c, ctx, f"recording a hand-off failed: {e.strerror}")
+        except OSError:
+            pass
+        return False
+
+
+def _deliver_smtp(c: Claim, ctx: DeliverySettings, env, pending) -> int:
+    """One SMTP/LMTP transaction for the pending recipients.  Each
+    recipient's reply decides for it: 2xx handed off (SENT, or the file
+    unlinked when none is left), 5xx bounced to the sender (dsn.py), 4xx
+    tried again later with the file; a broken dialogue is a 4xx for all."""
+    session = MtaSession(ctx.mta, ctx.hostname, ctx.timeout)
+    try:
+        session.open()
+        replies = session.send(env.sender, pending, c.ro, env.body_offset)
+    except MtaUnavailable as e:
+        session.close()
+        reschedule(c, ctx, str(e))
+        return DONE
+    session.quit()
+    sent = [r for r in pending if replies[r].code // 100 == 2]
+    failed = [(r, replies[r].status, str(replies[r])) for r in pending if replies[r].code // 100 == 5]
+    later = [r for r in pending if replies[r].code // 100 not in (2, 5)]
+    if sent:
+        log.info("id=%s from=<%s> nrcpt=%d sent (%s: %s)", c.id, env.sender, len(sent), ctx.mta,
+                 replies[sent[0]])
+    # The delivered ones are recorded first: a bounce that cannot be
+    # queued then leaves only the refused recipients for the retry.
+    if not record_handoff(c, ctx, env, sent, last=not (failed or later)):
+        return DONE
+    if failed:
+        try:
+            fail_recipients(c, ctx, env, failed)
+        except OSError as e:
+            reschedule(c, ctx, f"bouncing {len(failed)} refused recipients failed: {e.strerror}")
+            return DONE
+        if not later and not record_handoff(c, ctx, env, [], last=True):
+            return DONE
+    if later:
+        reschedule(c, ctx, "; ".join(f"<{r}>: {replies[r]}" for r in later[:3])
+                   + (f" and {len(later) - 3} more" if len(later) > 3 else ""))
     return DONE

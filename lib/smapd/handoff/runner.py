@@ -57,7 +57,7 @@ def _title(text: str) -> None:
 def context(settings) -> deliver.DeliverySettings:
     return deliver.DeliverySettings(sendmail=settings["sendmail"], baddir=settings["baddir"],
                            retry_max=settings["retry-max"], timeout=settings["sendmail-timeout"],
-                           directory=".")
+                           directory=".", mta=settings["mta"])
 
 
 class Runner:
@@ -119,8 +119,10 @@ class Runner:
     def run(self) -> int:
         self.open_trigger()
         self.install_signals()
-        log.info("started: spool %s, sendmail %s, wakeup %ds, maxchildren %d", os.getcwd(),
-                 " ".join(self.settings["sendmail"]), self.settings["wakeup"], self.settings["maxchildren"])
+        handoff = f"mta {self.settings['mta']}" if self.settings["mta"] else \
+            "sendmail " + " ".join(self.settings["sendmail"])
+        log.info("started: spool %s, %s, wakeup %ds, maxchildren %d", os.getcwd(), handoff,
+                 self.settings["wakeup"], self.settings["maxchildren"])
         while True:
             self.reap()
             if self.want_reload:

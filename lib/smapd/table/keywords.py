@@ -353,6 +353,40 @@ class ResolverType(Type):
         return parse_resolver_spec(arg)
 
 
+@dataclass(frozen=True)
+class Mta:
+    """Where smapd hands off by SMTP or LMTP (`mta`)."""
+    protocol: str            # "smtp" or "lmtp"
+    host: Optional[str] = None
+    port: int = 0
+    path: Optional[str] = None   # lmtp:unix:PATH
+
+    def __str__(self):
+        if self.path:
+            return f"{self.protocol}:unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.protocol}:{host}:{self.port}"
+
+
+class MtaType(Type):
+    """`smtp:HOST:PORT`, `lmtp:HOST:PORT` or `lmtp:unix:PATH` (an IPv6
+    address in brackets)."""
+    metavar = "smtp:HOST:PORT|lmtp:HOST:PORT|lmtp:unix:PATH"
+
+    def parse_one(self, arg):
+        protocol, _, rest = arg.partition(":")
+        if protocol not in ("smtp", "lmtp"):
+            raise ValueError(f"{arg!r}: write smtp:HOST:PORT, lmtp:HOST:PORT or lmtp:unix:PATH")
+        if rest.startswith("unix:"):
+            if protocol != "lmtp":
+                raise ValueError(f"{arg!r}: a UNIX socket is for LMTP (lmtp:unix:PATH)")
+            return Mta(protocol, path=Path().parse_one(rest[5:]))
+        m = re.match(r"^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$", rest)
+        if not m or not 0 < int(m.group(3)) < 65536:
+            raise ValueError(f"{arg!r}: write {protocol}:HOST:PORT (a port from 1 to 65535)")
+        return Mta(protocol, m.group(1) or m.group(2), int(m.group(3)))
+
+
 # --------------------------------------------------------------------------
 # The declarations.
 
@@ -520,6 +554,9 @@ _DECLARATIONS = [
     *_common(SMAPD, "the spool smapd reads (its working directory; no chroot)", "/var/spool/smap"),
     Keyword(SMAPD, "sendmail", Command(), ("/usr/sbin/sendmail",),
             "the MTA's sendmail-compatible command, to which smapd appends -oi -f SENDER -- and the recipients"),
+    Keyword(SMAPD, "mta", MtaType(), None,
+            "hand off by SMTP or LMTP to this address instead of running sendmail (pipelined; each recipient's "
+            "reply counts: 5xx bounces it, 4xx retries it)"),
     Keyword(SMAPD, "baddir", Path("dir", "DIRECTORY"), _baddir, "where refused and corrupt spool files are moved",
             default_doc="DIRECTORY/bad"),
     Keyword(SMAPD, "wakeup", Int(1, metavar="SECONDS"), 30, "seconds between two scans of the spool"),

@@ -148,6 +148,11 @@ def _no_relay_control(s):
                "anyone (an open relay), and the MTA cannot refuse what smapd hands it as a local submission")
 
 
+def _mta_and_sendmail(s):
+    if s["mta"] and s.is_set("sendmail"):
+        yield f"mta {s['mta']} and sendmail are both set: smapd hands off one way; remove one"
+
+
 def _minspare_above_maxspare(s):
     if s["minspare"] > s["maxspare"]:
         yield f"minspare {s['minspare']} is above maxspare {s['maxspare']}"
@@ -191,6 +196,8 @@ RULES = (
     Rule("no-relay-control", (SMAP,), "", ERROR, _no_relay_control,
          "smap needs relay control: at least one relay-domain, relay-hosts or recipients line, since mail "
          "that smapd hands to the MTA is a local submission, which the MTA's relay restrictions never see."),
+    Rule("mta-and-sendmail", (SMAPD,), "mta", ERROR, _mta_and_sendmail,
+         "mta and sendmail may not both be set: smapd hands off by SMTP/LMTP or by sendmail, not both."),
     Rule("minspare-above-maxspare", (SMAP, SSLGW), "minspare", ERROR, _minspare_above_maxspare,
          "minspare may not be above maxspare."),
     Rule("maxspare-above-maxchildren", (SMAP, SSLGW), "maxspare", WARNING, _maxspare_above_maxchildren,

@@ -1,0 +1,205 @@
+"""SMTP and LMTP to the MTA: smapd's hand-off when `mta` is set.
+
+What it does: `MtaSession` connects to the MTA (`smtp:HOST:PORT`,
+`lmtp:HOST:PORT`, `lmtp:unix:PATH`), reads the greeting, says EHLO (LHLO
+for LMTP) and sends one spool file's message: MAIL, one RCPT per
+recipient and DATA, pipelined when the MTA offers PIPELINING (RFC 2920),
+then the body read from the spool file at its offset, turned into the
+wire form as it streams (LF line ends become CRLF, a leading dot is
+doubled: RFC 5321 4.5.2) and nothing else.  `send()` returns the MTA's
+reply for each recipient: the RCPT reply when it refused the recipient,
+else the reply to the end of data (SMTP: one for all; LMTP: one per
+accepted recipient, RFC 2033 4.2).
+
+What it trusts: the MTA's replies, to the extent of their codes; the
+addresses, which deliver.py has checked with mailbox.py.
+
+What it must never do: read a whole message into memory, send anything
+but the spooled message, or turn a failure to talk to the MTA (refused
+connection, time-out, a 4xx or malformed greeting) into anything but
+`MtaUnavailable`, which the caller treats as "try again later".
+"""
+
+from __future__ import annotations
+
+import encodings.idna  # noqa: F401  (connect() encodes host names with it; smapd imports us before the
+#                       privilege drop, after which the interpreter's files may be out of reach)
+import os
+import re
+import socket
+from dataclasses import dataclass
+from typing import Optional
+
+#: Octets of the body read from the spool per write.
+CHUNK = 64 * 1024
+#: The longest reply line read (RFC 5321 4.5.3.1.5 says 512; be lenient).
+MAX_REPLY_LINE = 4096
+MAX_REPLY_LINES = 100
+
+_STATUS_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+class MtaUnavailable(Exception):
+    """The MTA could not be reached or would not talk: retry later."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str        # the lines joined by blanks, without the codes
+
+    def __str__(self):
+        return f"{self.code} {self.text}".rstrip()
+
+    @property
+    def status(self) -> str:
+        """The enhanced status code (RFC 3463), or one made from the class."""
+        m = _STATUS_RE.match(self.text)
+        return m.group(0) if m and m.group(1) == str(self.code)[0] else f"{self.code // 100}.0.0"
+
+
+class MtaSession:
+    def __init__(self, mta, helo: str, timeout: float):
+        self.mta = mta               # keywords.Mta
+        self.helo = helo
+        self.timeout = timeout
+        self.sock: Optional[socket.socket] = None
+        self.rfile = None
+        self.extensions: set = set()
+
+    # ------------------------------------------------------------ talking
+
+    def open(self) -> None:
+        try:
+            if self.mta.path:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(self.timeout)
+                sock.connect(self.mta.path)
+            else:
+                sock = socket.create_connection((self.mta.host, self.mta.port), timeout=self.timeout)
+        except OSError as e:
+            raise MtaUnavailable(f"cannot connect to {self.mta}: {e.strerror or e}") from None
+        self.sock = sock
+        self.rfile = sock.makefile("rb")
+        greeting = self._reply()
+        if greeting.code != 220:
+            raise MtaUnavailable(f"{self.mta} greeted {greeting}")
+        verb = "LHLO" if self.mta.protocol == "lmtp" else "EHLO"
+        self._send(f"{verb} {self.helo}\r\n".encode("ascii"))
+        hello = self._reply(keep_lines=True)
+        if hello.code != 250:
+            raise MtaUnavailable(f"{self.mta} answered {verb} with {hello.code} {' '.join(hello.text)}")
+        self.extensions = {line.split(" ", 1)[0].upper() for line in hello.text[1:]}
+
+    def send(self, sender: str, recipients, fd: int, offset: int) -> dict:
+        """The message at `offset` of `fd` to `recipients`; returns
+        {recipient: Reply}.  MtaUnavailable when the dialogue breaks
+        off (nothing is then known to be delivered)."""
+        body = " BODY=8BITMIME" if "8BITMIME" in self.extensions else ""
+        commands = [f"MAIL FROM:<{sender}>{body}\r\n".encode("ascii")]
+        commands += [f"RCPT TO:<{r}>\r\n".encode("ascii") for r in recipients]
+        commands.append(b"DATA\r\n")
+        if "PIPELINING" in self.extensions:
+            self._send(b"".join(commands))
+            replies = [self._reply() for _ in commands]
+        else:
+            replies = []
+            for i, command in enumerate(commands):
+                self._send(command)
+                replies.append(self._reply())
+                if i == 0 and replies[0].code != 250:
+                    break
+        mail, rcpt_replies = replies[0], replies[1:1 + len(recipients)]
+        if mail.code != 250:
+            self._rset()
+            return {r: mail for r in recipients}
+        out = {r: rep for r, rep in zip(recipients, rcpt_replies) if rep.code // 100 != 2}
+        accepted = [r for r, rep in zip(recipients, rcpt_replies) if rep.code // 100 == 2]
+        data = replies[-1]
+        if not accepted:
+            if data.code == 354:   # an MTA that says go ahead without recipients
+                self._send(b".\r\n")
+                self._reply()
+            self._rset()
+            return out
+        if data.code != 354:
+            self._rset()
+            out.update({r: data for r in accepted})
+            return out
+        self._stream(fd, offset)
+        if self.mta.protocol == "lmtp":
+            out.update({r: self._reply() for r in accepted})
+        else:
+            end = self._reply()
+            out.update({r: end for r in accepted})
+        return out
+
+    def quit(self) -> None:
+        try:
+            self._send(b"QUIT\r\n")
+            self._reply()
+        except MtaUnavailable:
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for f in (self.rfile, self.sock):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
+        self.rfile = self.sock = None
+
+    # ------------------------------------------------------------ helpers
+
+    def _rset(self) -> None:
+        self._send(b"RSET\r\n")
+        self._reply()
+
+    def _stream(self, fd: int, offset: int) -> None:
+        """The body in wire form, then the final dot."""
+        at_line_start, last = True, b"\n"
+        while True:
+            chunk = os.pread(fd, CHUNK, offset)
+            if not chunk:
+                break
+            offset += len(chunk)
+            last = chunk[-1:]
+            wire = chunk.replace(b"\n.", b"\n..")
+            if at_line_start and wire.startswith(b"."):
+                wire = b"." + wire
+            at_line_start = last == b"\n"
+            self._send(wire.replace(b"\n", b"\r\n"))
+        self._send(b".\r\n" if last == b"\n" else b"\r\n.\r\n")
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as e:
+            raise MtaUnavailable(f"{self.mta}: {e.strerror or e} while sending") from None
+
+    def _reply(self, keep_lines: bool = False):
+        lines, code = [], None
+        try:
+            while True:
+                raw = self.rfile.readline(MAX_REPLY_LINE)
+                if not raw:
+                    raise MtaUnavailable(f"{self.mta} closed the connection")
+                line = raw.rstrip(b"\r\n").decode("ascii", "replace")
+                if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3] not in " -"):
+                    raise MtaUnavailable(f"{self.mta} sent a malformed reply {line[:80]!r}")
+                if code is not None and int(line[:3]) != code:
+                    raise MtaUnavailable(f"{self.mta} changed the code within a reply")
+                code = int(line[:3])
+                lines.append(line[4:])
+                if len(line) == 3 or line[3] == " ":
+                    break
+                if len(lines) > MAX_REPLY_LINES:
+                    raise MtaUnavailable(f"{self.mta} sent a reply of more than {MAX_REPLY_LINES} lines")
+        except (OSError, socket.timeout) as e:
+            raise MtaUnavailable(f"{self.mta}: {e.strerror or e or 'time-out'} while reading a reply") from None
+        if keep_lines:
+            return Reply(code, tuple(lines))
+        return Reply(code, " ".join(lines))
