@@ -174,3 +174,25 @@ def test_a_4xx_recipient_stays_in_the_spool_and_the_others_are_sent_once(tmp_pat
         assert postfix.mailbox("later@example.net") == [] and postfix.mailbox("alice@example.org") == []
     finally:
         postfix.stop()
+
+
+def test_one_connection_carries_several_files(smtpd_postfix, public_tmp, loopback_dns):
+    """A delivery child sends the due files through one connection, a
+    transaction each: twelve messages, one child, one smtpd connection."""
+    postfix = smtpd_postfix
+    spool, table = table_for(public_tmp, loopback_dns, f"smtp:127.0.0.1:{postfix.smtpd_port}")
+    with open(table, "a") as f:
+        f.write("smapd: maxchildren 1\n")
+    postfix.add_mailbox("alice@example.org", "bob@example.net")
+    ids = [send(InetdSmap(str(table)), "alice@example.org", ["bob@example.net"],
+                f"Subject: n{i}\r\n\r\nmessage {i}\r\n".encode()) for i in range(12)]
+    smapd, log = start_smapd(public_tmp, table)
+    try:
+        messages = postfix.wait_delivered("bob@example.net", 12)
+        wait_for(lambda: not any(f.startswith("sma") for f in os.listdir(spool)), what="the spool to drain")
+    finally:
+        text = stop_smapd(smapd, log)
+    assert sorted(m.rsplit(b"\n\n", 1)[1] for m in messages) == sorted(f"message {i}\n".encode() for i in range(12))
+    assert all(f"id={q} from=<alice@example.org> nrcpt=1 sent" in text for q in ids)
+    connects = re.findall(r"postfix/smtpd\[\d+\]: connect from", postfix.log())
+    assert len(connects) == 1, postfix.log()

@@ -78,6 +78,9 @@ class DeliverySettings:
     directory: str = "."       # the spool (smapd's working directory)
     hostname: str = field(default_factory=socket.gethostname)   # the Reporting-MTA of bounces, EHLO's name
     mta: object = None         # keywords.Mta: hand off by SMTP/LMTP instead of sendmail
+    #: The open connection to `mta`, kept by deliver_all() from one file
+    #: to the next (a child's own: never shared between processes).
+    session: object = field(default=None, repr=False, compare=False)
 
 
 def address_problem(addr: str, sender: bool = False):
@@ -332,6 +335,23 @@ def deliver(name: str, ctx: DeliverySettings) -> int:
         c.close()
 
 
+def deliver_all(names, ctx: DeliverySettings) -> int:
+    """Hand several spool files off in turn, through one connection to
+    `mta` (a new transaction per file).  Returns the worst outcome:
+    STUCK, else SKIPPED, else DONE."""
+    worst = DONE
+    try:
+        for name in names:
+            code = deliver(name, ctx)
+            if code == STUCK or (code == SKIPPED and worst == DONE):
+                worst = code
+    finally:
+        if ctx.session is not None:
+            ctx.session.quit()
+            ctx.session = None
+    return worst
+
+
 def _deliver(c: Claim, ctx: DeliverySettings) -> int:
     if os.fstat(c.fd).st_mtime > time.time() + 1:
         return SKIPPED  # rescheduled by another smapd meanwhile
@@ -421,15 +441,29 @@ def _deliver_smtp(c: Claim, ctx: DeliverySettings, env, pending) -> int:
     recipient's reply decides for it: 2xx handed off (SENT, or the file
     unlinked when none is left), 5xx bounced to the sender (dsn.py), 4xx
     tried again later with the file; a broken dialogue is a 4xx for all."""
-    session = MtaSession(ctx.mta, ctx.hostname, ctx.timeout)
+    session, ctx.session = ctx.session, None
     try:
-        session.open()
-        replies = session.send(env.sender, pending, c.ro, env.body_offset)
+        try:
+            if session is None:
+                session = MtaSession(ctx.mta, ctx.hostname, ctx.timeout)
+                session.open()
+            replies = session.send(env.sender, pending, c.ro, env.body_offset)
+        except MtaUnavailable:
+            # A kept connection that the MTA has closed meanwhile fails
+            # before the message: once more on a new one.  Never after
+            # the body went out, which could deliver it twice.
+            if not session.reused or session.body_sent:
+                raise
+            session.close()
+            session = MtaSession(ctx.mta, ctx.hostname, ctx.timeout)
+            session.open()
+            replies = session.send(env.sender, pending, c.ro, env.body_offset)
     except MtaUnavailable as e:
-        session.close()
+        if session is not None:
+            session.close()
         reschedule(c, ctx, str(e))
         return DONE
-    session.quit()
+    ctx.session = session   # for the next file of deliver_all(), which closes it
     sent = [r for r in pending if replies[r].code // 100 == 2]
     failed = [(r, replies[r].status, str(replies[r])) for r in pending if replies[r].code // 100 == 5]
     later = [r for r in pending if replies[r].code // 100 not in (2, 5)]

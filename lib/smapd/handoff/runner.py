@@ -41,6 +41,9 @@ log = logging.getLogger("smapd")
 STALE_TEMP = 86400
 #: Seconds a file whose delivery child crashed is left alone.
 CRASH_PAUSE = 60
+#: Spool files one delivery child sends through one SMTP/LMTP connection
+#: at most (the sendmail path: one per child).
+FILES_PER_CONNECTION = 50
 
 
 try:  # imported now: after the privilege drop the interpreter's files may be out of reach
@@ -68,7 +71,7 @@ class Runner:
         self.close_in_children = tuple(close_in_children)
         self.reload_settings = reload   # callable giving new settings, or raising ConfigError
         self.prog = prog
-        self.children = {}              # pid -> spool file name
+        self.children = {}              # pid -> the spool file names it delivers
         self.skip_until = {}            # spool file name -> time before which it is not tried
         self.stopping = False
         self.want_reload = False
@@ -144,7 +147,7 @@ class Runner:
         known due time (at most `wakeup`)."""
         now = time.time()
         wait = float(self.settings["wakeup"])
-        busy = set(self.children.values())
+        busy = {n for names in self.children.values() for n in names}
         for name, until in list(self.skip_until.items()):
             if until <= now:
                 del self.skip_until[name]
@@ -153,28 +156,39 @@ class Runner:
         except OSError as e:
             log.error("cannot read the spool: %s", e.strerror)
             return wait
+        due = []
         for name in names:
             if name in busy or name in self.skip_until:
                 continue
             try:
-                due = os.lstat(name).st_mtime
+                when = os.lstat(name).st_mtime
             except FileNotFoundError:
                 continue
-            if due > now:
-                wait = min(wait, due - now)
+            if when > now:
+                wait = min(wait, when - now)
                 continue
+            due.append(name)
+        # The sendmail path runs one MTA process per file anyway; over
+        # SMTP/LMTP a child sends several files through one connection,
+        # the due files shared among the free children.
+        free = self.settings["maxchildren"] - len(self.children)
+        per = 1
+        if self.settings["mta"] and free > 0:
+            per = max(1, min(FILES_PER_CONNECTION, -(-len(due) // free)))
+        for i in range(0, len(due), per):
             if len(self.children) >= self.settings["maxchildren"]:
                 return 0.5  # look again soon: a child will end
-            self.spawn(name)
+            self.spawn(due[i:i + per])
         return max(wait, 0.05)
 
-    def spawn(self, name: str) -> None:
+    def spawn(self, names: list) -> None:
         ctx = context(self.settings)
         try:
             pid = os.fork()
         except OSError as e:
             log.error("cannot fork a delivery child: %s", e.strerror)
-            self.skip_until[name] = time.time() + CRASH_PAUSE
+            for name in names:
+                self.skip_until[name] = time.time() + CRASH_PAUSE
             return
         if pid == 0:
             code = 1
@@ -191,14 +205,15 @@ class Runner:
                 os.close(self.wake_w)
                 for fd in self.close_in_children:
                     os.close(fd)
-                _title(f"{self.prog}: delivering {name[len(spool.READY_PREFIX):]}")
-                code = deliver.deliver(name, ctx)
+                more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+                _title(f"{self.prog}: delivering {names[0][len(spool.READY_PREFIX):]}{more}")
+                code = deliver.deliver_all(names, ctx)
             except BaseException:
-                log.exception("delivery of %s failed", name)
+                log.exception("delivery of %s failed", ", ".join(names))
             finally:
                 logging.shutdown()
                 os._exit(code)
-        self.children[pid] = name
+        self.children[pid] = names
 
     def reap(self) -> None:
         while self.children:
@@ -209,19 +224,24 @@ class Runner:
                 return
             if pid == 0:
                 return
-            name = self.children.pop(pid, None)
+            names = self.children.pop(pid, None)
             code = os.waitstatus_to_exitcode(status)
-            if not name or code == deliver.DONE:
+            if not names or code == deliver.DONE:
                 continue
+            # The child's worst outcome applies to each of its files; those
+            # it handed off are gone or rescheduled, so it matters only for
+            # the others.
             if code == deliver.SKIPPED:
                 # Locked by another process, or not due: not again at once.
-                self.skip_until[name] = time.time() + max(1, min(self.settings["wakeup"], 10))
+                pause = max(1, min(self.settings["wakeup"], 10))
             elif code == deliver.STUCK:
-                self.skip_until[name] = time.time() + CRASH_PAUSE  # the child has said why
+                pause = CRASH_PAUSE  # the child has said why
             else:
-                log.error("delivery child %d for %s ended with status %d; not retried for %ds", pid, name,
-                          code, CRASH_PAUSE)
-                self.skip_until[name] = time.time() + CRASH_PAUSE
+                log.error("delivery child %d for %s ended with status %d; not retried for %ds", pid,
+                          ", ".join(names), code, CRASH_PAUSE)
+                pause = CRASH_PAUSE
+            for name in names:
+                self.skip_until[name] = time.time() + pause
 
     def remove_stale_temps(self) -> None:
         now = time.time()

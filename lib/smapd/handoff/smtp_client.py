@@ -66,6 +66,8 @@ class MtaSession:
         self.sock: Optional[socket.socket] = None
         self.rfile = None
         self.extensions: set = set()
+        self.reused = False          # a transaction has been completed on this connection
+        self.body_sent = False       # the current transaction's body has started going out
 
     # ------------------------------------------------------------ talking
 
@@ -77,6 +79,9 @@ class MtaSession:
                 sock.connect(self.mta.path)
             else:
                 sock = socket.create_connection((self.mta.host, self.mta.port), timeout=self.timeout)
+                # Each command group is one write already: Nagle's wait
+                # for an ACK (delayed by the MTA) would only stall it.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as e:
             raise MtaUnavailable(f"cannot connect to {self.mta}: {e.strerror or e}") from None
         self.sock = sock
@@ -95,6 +100,12 @@ class MtaSession:
         """The message at `offset` of `fd` to `recipients`; returns
         {recipient: Reply}.  MtaUnavailable when the dialogue breaks
         off (nothing is then known to be delivered)."""
+        self.body_sent = False
+        replies = self._transaction(sender, recipients, fd, offset)
+        self.reused = True
+        return replies
+
+    def _transaction(self, sender, recipients, fd, offset) -> dict:
         body = " BODY=8BITMIME" if "8BITMIME" in self.extensions else ""
         commands = [f"MAIL FROM:<{sender}>{body}\r\n".encode("ascii")]
         commands += [f"RCPT TO:<{r}>\r\n".encode("ascii") for r in recipients]
@@ -126,6 +137,7 @@ class MtaSession:
             self._rset()
             out.update({r: data for r in accepted})
             return out
+        self.body_sent = True
         self._stream(fd, offset)
         if self.mta.protocol == "lmtp":
             out.update({r: self._reply() for r in accepted})
@@ -159,20 +171,23 @@ class MtaSession:
         self._reply()
 
     def _stream(self, fd: int, offset: int) -> None:
-        """The body in wire form, then the final dot."""
-        at_line_start, last = True, b"\n"
+        """The body in wire form, then the final dot, in the same write
+        as the body's end (a small message is one write)."""
+        at_line_start, last, pending = True, b"\n", b""
         while True:
             chunk = os.pread(fd, CHUNK, offset)
             if not chunk:
                 break
+            if pending:
+                self._send(pending)
             offset += len(chunk)
             last = chunk[-1:]
             wire = chunk.replace(b"\n.", b"\n..")
             if at_line_start and wire.startswith(b"."):
                 wire = b"." + wire
             at_line_start = last == b"\n"
-            self._send(wire.replace(b"\n", b"\r\n"))
-        self._send(b".\r\n" if last == b"\n" else b"\r\n.\r\n")
+            pending = wire.replace(b"\n", b"\r\n")
+        self._send(pending + (b".\r\n" if last == b"\n" else b"\r\n.\r\n"))
 
     def _send(self, data: bytes) -> None:
         try:
