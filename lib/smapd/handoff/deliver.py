@@ -22,6 +22,11 @@ time.  The exit status decides (DESIGN.md section 6):
     anything else, a corrupt file, a refused sender
                              moved to baddir with a log line saying why
 
+With `mta` set, `_deliver_smtp()` sends the file by SMTP or LMTP instead
+(smtp_client.py), and each recipient's reply decides for it: 2xx SENT
+(or the file unlinked), 5xx a bounce, 4xx a retry of the file;
+`deliver_all()` sends a child's files through one connection.
+
 A recipient whose address mailbox.py refuses (only a planted file, or a
 grammar that changed between smap's RCPT and now, has one) is bounced
 alone: an RFC 3464 report to the sender goes into the spool (dsn.py),
@@ -437,17 +442,56 @@ def record_handoff(c: Claim, ctx: DeliverySettings, env, batch, last: bool) -> b
 
 
 def _deliver_smtp(c: Claim, ctx: DeliverySettings, env, pending) -> int:
-    """One SMTP/LMTP transaction for the pending recipients.  Each
-    recipient's reply decides for it: 2xx handed off (SENT, or the file
-    unlinked when none is left), 5xx bounced to the sender (dsn.py), 4xx
-    tried again later with the file; a broken dialogue is a 4xx for all."""
+    """The pending recipients by SMTP/LMTP, BATCH per transaction (an MTA
+    limits recipients per message: Postfix's smtpd_recipient_limit).
+    Each recipient's reply decides for it: 2xx handed off (SENT, or the
+    file unlinked when none is left), 5xx bounced to the sender (dsn.py),
+    4xx tried again later with the file; a broken dialogue is a 4xx for
+    the rest."""
+    later = {}
+    for i in range(0, len(pending), BATCH):
+        batch = pending[i:i + BATCH]
+        try:
+            replies = _transaction(ctx, env, batch, c.ro)
+        except MtaUnavailable as e:
+            reschedule(c, ctx, str(e))   # earlier batches are recorded already
+            return DONE
+        sent = [r for r in batch if replies[r].code // 100 == 2]
+        failed = [(r, replies[r].status, str(replies[r])) for r in batch if replies[r].code // 100 == 5]
+        later.update({r: replies[r] for r in batch if replies[r].code // 100 not in (2, 5)})
+        if sent:
+            log.info("id=%s from=<%s> nrcpt=%d sent (%s: %s)", c.id, env.sender, len(sent), ctx.mta,
+                     replies[sent[0]])
+        # The delivered ones are recorded first: a bounce that cannot be
+        # queued then leaves only the refused recipients for the retry.
+        if not record_handoff(c, ctx, env, sent, last=False):
+            return DONE
+        if failed:
+            try:
+                fail_recipients(c, ctx, env, failed)
+            except OSError as e:
+                reschedule(c, ctx, f"bouncing {len(failed)} refused recipients failed: {e.strerror}")
+                return DONE
+    if later:
+        shown = list(later.items())[:3]
+        reschedule(c, ctx, "; ".join(f"<{r}>: {rep}" for r, rep in shown)
+                   + (f" and {len(later) - 3} more" if len(later) > 3 else ""))
+    else:
+        record_handoff(c, ctx, env, [], last=True)
+    return DONE
+
+
+def _transaction(ctx: DeliverySettings, env, batch, fd) -> dict:
+    """One transaction on the child's kept connection (opened if need
+    be, and kept in ctx.session for the next); MtaUnavailable when the
+    MTA cannot be talked to, the connection then closed."""
     session, ctx.session = ctx.session, None
     try:
         try:
             if session is None:
                 session = MtaSession(ctx.mta, ctx.hostname, ctx.timeout)
                 session.open()
-            replies = session.send(env.sender, pending, c.ro, env.body_offset)
+            replies = session.send(env.sender, batch, fd, env.body_offset)
         except MtaUnavailable:
             # A kept connection that the MTA has closed meanwhile fails
             # before the message: once more on a new one.  Never after
@@ -457,32 +501,10 @@ def _deliver_smtp(c: Claim, ctx: DeliverySettings, env, pending) -> int:
             session.close()
             session = MtaSession(ctx.mta, ctx.hostname, ctx.timeout)
             session.open()
-            replies = session.send(env.sender, pending, c.ro, env.body_offset)
-    except MtaUnavailable as e:
+            replies = session.send(env.sender, batch, fd, env.body_offset)
+    except MtaUnavailable:
         if session is not None:
             session.close()
-        reschedule(c, ctx, str(e))
-        return DONE
-    ctx.session = session   # for the next file of deliver_all(), which closes it
-    sent = [r for r in pending if replies[r].code // 100 == 2]
-    failed = [(r, replies[r].status, str(replies[r])) for r in pending if replies[r].code // 100 == 5]
-    later = [r for r in pending if replies[r].code // 100 not in (2, 5)]
-    if sent:
-        log.info("id=%s from=<%s> nrcpt=%d sent (%s: %s)", c.id, env.sender, len(sent), ctx.mta,
-                 replies[sent[0]])
-    # The delivered ones are recorded first: a bounce that cannot be
-    # queued then leaves only the refused recipients for the retry.
-    if not record_handoff(c, ctx, env, sent, last=not (failed or later)):
-        return DONE
-    if failed:
-        try:
-            fail_recipients(c, ctx, env, failed)
-        except OSError as e:
-            reschedule(c, ctx, f"bouncing {len(failed)} refused recipients failed: {e.strerror}")
-            return DONE
-        if not later and not record_handoff(c, ctx, env, [], last=True):
-            return DONE
-    if later:
-        reschedule(c, ctx, "; ".join(f"<{r}>: {replies[r]}" for r in later[:3])
-                   + (f" and {len(later) - 3} more" if len(later) > 3 else ""))
-    return DONE
+        raise
+    ctx.session = session   # for the next batch or file; deliver_all() closes it
+    return replies
