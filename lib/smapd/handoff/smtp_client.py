@@ -46,7 +46,11 @@ class MtaUnavailable(Exception):
 @dataclass(frozen=True)
 class Reply:
     code: int
-    text: str        # the lines joined by blanks, without the codes
+    lines: tuple     # the text of each line, without the code
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.lines)
 
     def __str__(self):
         return f"{self.code} {self.text}".rstrip()
@@ -91,10 +95,10 @@ class MtaSession:
             raise MtaUnavailable(f"{self.mta} greeted {greeting}")
         verb = "LHLO" if self.mta.protocol == "lmtp" else "EHLO"
         self._send(f"{verb} {self.helo}\r\n".encode("ascii"))
-        hello = self._reply(keep_lines=True)
+        hello = self._reply()
         if hello.code != 250:
-            raise MtaUnavailable(f"{self.mta} answered {verb} with {hello.code} {' '.join(hello.text)}")
-        self.extensions = {line.split(" ", 1)[0].upper() for line in hello.text[1:]}
+            raise MtaUnavailable(f"{self.mta} answered {verb} with {hello}")
+        self.extensions = {line.split(" ", 1)[0].upper() for line in hello.lines[1:]}
 
     def send(self, sender: str, recipients, fd: int, offset: int) -> dict:
         """The message at `offset` of `fd` to `recipients`; returns
@@ -195,7 +199,7 @@ class MtaSession:
         except OSError as e:
             raise MtaUnavailable(f"{self.mta}: {e.strerror or e} while sending") from None
 
-    def _reply(self, keep_lines: bool = False):
+    def _reply(self) -> Reply:
         lines, code = [], None
         try:
             while True:
@@ -215,6 +219,4 @@ class MtaSession:
                     raise MtaUnavailable(f"{self.mta} sent a reply of more than {MAX_REPLY_LINES} lines")
         except (OSError, socket.timeout) as e:
             raise MtaUnavailable(f"{self.mta}: {e.strerror or e or 'time-out'} while reading a reply") from None
-        if keep_lines:
-            return Reply(code, tuple(lines))
-        return Reply(code, " ".join(lines))
+        return Reply(code, tuple(lines))
