@@ -276,11 +276,11 @@ class Postfix:
     stdin).  smtpd_port: None, or the 127.0.0.1 port of an smtpd (pass a
     port, or True for a free one).  uid/gid: owner of the Maildirs.
     mailboxes: addresses registered before start.  main_cf: extra main.cf
-    parameters.  master_pid once started.
+    parameters.  master_cf: extra master.cf lines.  master_pid once started.
     """
 
     def __init__(self, base, smtpd_port=None, uid=None, gid=None, myhostname="postfix.example.test",
-                 mailboxes=(), main_cf=None):
+                 mailboxes=(), main_cf=None, master_cf=""):
         self.home = os.path.join(str(base), "postfix")
         if uid is None:
             uid, default_gid = _default_ids()
@@ -291,6 +291,7 @@ class Postfix:
         self.smtpd_port = free_port() if smtpd_port is True else smtpd_port
         self.initial_mailboxes = list(mailboxes)
         self.extra_main_cf = dict(main_cf or {})
+        self.extra_master_cf = master_cf
         self.master_pid = None
         self._reaper = None
         self._running = False
@@ -361,7 +362,7 @@ class Postfix:
 
     def master_cf(self):
         smtpd = f"127.0.0.1:{self.smtpd_port} inet n - n - - smtpd\n" if self.smtpd_port else ""
-        return smtpd + MASTER_CF
+        return smtpd + MASTER_CF + self.extra_master_cf
 
     def _make_tree(self):
         if os.path.lexists(self.home):

@@ -774,7 +774,8 @@ _ENVELOPE_LINES = [
     b"SENT <b@y.example>\n", b"SENT <c@y.example>\n", b"RCPT <a b@c.example>\n", b"RCPT <caf\xc3\xa9@x.example>\n",
     b"RCPT <\xff@x.example>\n", b"RCPT <b@y.example>\r\n", b"BODY\n", b"\n", b"RCPT b@y.example\n",
     b"RCPT <<b@y.example>>\n", b"rcpt <b@y.example>\n", b"RCPT <b@y.example>", b"RCPT <\tb@y.example>\n",
-    b"RCPT <b@y.example> \n", b"\0\0\0\n", b"RCPT <d@z.example>\n"]
+    b"RCPT <b@y.example> \n", b"\0\0\0\n", b"RCPT <d@z.example>\n", b"ATTR helo=x+3By\n", b"ATTR helo=bad+zz\n",
+    b"ATTR Helo=x\n", b"ATTR helo=a b\n", b"ATTR login=\n", b"ATTR helo=x=y\n"]
 _HUGE = [queue_module.MAX_ENVELOPE - 100, queue_module.MAX_ENVELOPE + 10, 200000]
 _OPS = st.one_of(
     st.tuples(st.just("truncate"), st.floats(0, 1)),
@@ -817,6 +818,8 @@ def corrupt(data: bytes, ops) -> bytes:
 
 
 _SPOOL_LINE = re.compile(rb"(FROM|RCPT|SENT) <([\x20-\x7e]*)>")
+# An attribute: a lower-case name, an xtext value (RFC 3461 4), between FROM and the first RCPT.
+_ATTR_LINE = re.compile(rb"ATTR [a-z][a-z0-9-]{0,31}=(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2}){0,2048}")
 
 
 def expected_envelope(data):
@@ -833,6 +836,10 @@ def expected_envelope(data):
         line, pos = data[pos:j], j + 1
         if line == b"BODY":
             break
+        if _ATTR_LINE.fullmatch(line):
+            if sender is None or rcpts:
+                return None
+            continue
         m = _SPOOL_LINE.fullmatch(line)
         if not m:
             return None
@@ -923,8 +930,8 @@ def test_spool_files_are_delivered_or_moved_to_bad(sender, rcpts, body, ops, sta
     lock or descriptor is left; sendmail gets `-oi -f SENDER --` and
     then the recipients, none of them an option or a pipe, no recipient
     in two runs, and the body exactly as spooled."""
-    data = b"".join([f"FROM <{sender}>\n".encode()] + [f"RCPT <{r}>\n".encode() for r in rcpts]
-                    + [b"BODY\n", b"Received: x\n", body])
+    data = b"".join([f"FROM <{sender}>\n".encode(), b"ATTR client-addr=192.0.2.1\n", b"ATTR helo=x+3By+28z\n"]
+                    + [f"RCPT <{r}>\n".encode() for r in rcpts] + [b"BODY\n", b"Received: x\n", body])
     data = corrupt(data, ops)
     want = expected_envelope(data)
     with tempfile.TemporaryDirectory(prefix="smapd-fuzz-") as base:

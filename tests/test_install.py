@@ -120,7 +120,7 @@ def test_debian_python_venv_with_its_own_pip(public_tmp):
     # The man pages and the samples land under share/.
     for rel in ("share/man/man8/smap.8", "share/man/man5/netperm-table.5", "share/smapd-suite/netperm-table.sample",
                 "share/smapd-suite/xinetd.d/smtp", "share/smapd-suite/rc.d/smapd",
-                "share/smapd-suite/systemd/smap.socket"):
+                "share/smapd-suite/systemd/smap.socket", "share/smapd-suite/postfix/master.cf"):
         assert (venv / rel).is_file(), rel
     r = as_nobody([str(venv / "bin/smapctl"), "check", "-n", "--config",
                    str(venv / "share/smapd-suite/netperm-table.standalone")])
@@ -231,7 +231,8 @@ def test_socket_activated_smap_session(tmp_path, loopback_dns):
             s.quit()
         [name] = wait_for(lambda: [f for f in os.listdir(spool) if f.startswith("sma")], what="a spool file")
         data = (spool / name).read_bytes()
-        assert data.startswith(b"FROM <alice@example.org>\nRCPT <bob@example.org>\nBODY\nReceived: ")
+        assert data.startswith(b"FROM <alice@example.org>\nATTR client-addr=127.0.0.1\nATTR client-name=client.example.test\n"
+                               b"ATTR helo=client.example.test\nATTR proto=ESMTP\nRCPT <bob@example.org>\nBODY\nReceived: ")
         assert data.endswith(b"\nSubject: socket activation\n\nhello\n")
         syslog.wait(r"smap\[\d+\]: host=client\.example\.test/127\.0\.0\.1 bytes=\d+ from=<alice@example\.org> "
                     r"to=<bob@example\.org> nrcpt=1 id=" + name[3:])

@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from support.programs import wait_for
 from support.smtp import Smtp
@@ -191,6 +192,40 @@ def test_the_temporary_file_is_locked_and_private_until_commit(tmp_path):
     assert not os.path.exists(w.temp)
     assert not lock_held_elsewhere(w.final)
     assert open(w.final, "rb").read() == b"FROM <a@x.example>\nRCPT <b@y.example>\nBODY\nReceived: x\nbody\n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
+       | st.binary(max_size=40).map(lambda b: b.decode("utf-8", "surrogateescape")))
+def test_attribute_values_read_back_unchanged_whatever_the_client_said(tmp_path_factory, value):
+    """An ATTR value is xtext on disk: one line of printable ASCII, and
+    the reader returns what the writer was given, blanks, `+`, `=`,
+    8-bit octets and all."""
+    d = tmp_path_factory.mktemp("attr")
+    w = spool_module.SpoolWriter(str(d), "a@x.example", ["b@y.example"], b"Received: x\n",
+                                 attributes={"helo": value, "client-addr": "192.0.2.1", "login": None})
+    w.commit()
+    data = open(w.final, "rb").read()
+    head = data.split(b"\nRCPT ", 1)[0]
+    assert all(0x21 <= c <= 0x7e or c == 0x20 or c == 0x0a for c in head)
+    assert head.count(b"\n") == 2   # FROM and the two attributes given a value: one line each
+    with open(w.final, "rb") as f:
+        env = spool_module.read_envelope(f)
+    assert env.attributes == {"helo": value, "client-addr": "192.0.2.1"}
+    assert env.recipients == ["b@y.example"] and env.sender == "a@x.example"
+
+
+@pytest.mark.parametrize("head, why", [
+    (b"ATTR helo=x\nFROM <a@x.example>\n", "the first line is not FROM"),
+    (b"FROM <a@x.example>\nRCPT <b@y.example>\nATTR helo=x\n", "not between FROM and the first RCPT"),
+    (b"FROM <a@x.example>\nATTR helo=a+zz\n", "bad envelope line"),
+    (b"FROM <a@x.example>\nATTR Helo=x\n", "bad envelope line"),
+    (b"FROM <a@x.example>\nATTR helo=a b\n", "bad envelope line")])
+def test_misplaced_or_malformed_attributes_make_a_file_corrupt(tmp_path, head, why):
+    path = tmp_path / "smaX"
+    path.write_bytes(head + b"RCPT <b@y.example>\nBODY\nhi\n")
+    with open(path, "rb") as f, pytest.raises(spool_module.Corrupt, match=why):
+        spool_module.read_envelope(f)
 
 
 def test_commit_pokes_the_trigger_fifo(tmp_path):

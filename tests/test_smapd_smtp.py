@@ -172,7 +172,9 @@ def test_a_4xx_recipient_stays_in_the_spool_and_the_others_are_sent_once(tmp_pat
             text = stop_smapd(smapd, log)
         assert re.search(rf"id={qid} deferred: <later@example\.net>: 450 4\.2\.1 .*mailbox busy", text), text
         head = open(spool / f"sma{qid}", "rb").read().split(b"\nBODY\n", 1)[0]
-        assert head.splitlines() == [b"FROM <alice@example.org>", b"SENT <bob@example.net>", b"RCPT <later@example.net>"]
+        assert head.splitlines() == [b"FROM <alice@example.org>", b"ATTR client-addr=127.0.0.1",
+                                     b"ATTR client-name=client.example.test", b"ATTR helo=client.example.test",
+                                     b"ATTR proto=ESMTP", b"SENT <bob@example.net>", b"RCPT <later@example.net>"]
         assert postfix.mailbox("later@example.net") == [] and postfix.mailbox("alice@example.org") == []
     finally:
         postfix.stop()

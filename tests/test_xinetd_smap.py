@@ -68,6 +68,10 @@ def wait_spooled(spool, n):
     return wait_for(lambda: len(spooled(spool)) >= n and spooled(spool), what=f"{n} spool file(s)")
 
 
+#: What smap records of these tests' client (the ATTR lines after FROM).
+CLIENT_ATTRS = b"ATTR client-addr=127.0.0.1\nATTR client-name=client.example.test\nATTR helo=client.example.test\n"
+
+
 def split_spool_file(path):
     data = open(path, "rb").read()
     head, body = data.split(b"BODY\n", 1)
@@ -91,7 +95,8 @@ def test_python_smtplib_through_xinetd(deployment):
         s.sendmail("alice@example.org", ["bob@localdomain.com", "carol@localdomain.com"], MESSAGE)
     [name] = wait_spooled(spool, 1)
     head, received, body = split_spool_file(spool / name)
-    assert head == b"FROM <alice@example.org>\nRCPT <bob@localdomain.com>\nRCPT <carol@localdomain.com>\n"
+    assert head == (b"FROM <alice@example.org>\n" + CLIENT_ATTRS + b"ATTR proto=ESMTP\n"
+                    b"RCPT <bob@localdomain.com>\nRCPT <carol@localdomain.com>\n")
     qid = name[3:]
     assert re.match(rb"Received: from client\.example\.test \(client\.example\.test \[127\.0\.0\.1\]\)\n"
                     rb"\tby \S+ via smap \(smapd [0-9.]+\) with ESMTP id " + qid.encode() + rb";\n\t\w{3}, ",
@@ -125,7 +130,7 @@ def test_swaks_through_xinetd(deployment, tmp_path):
     assert re.search(r"<-  250 2\.0\.0 Ok: queued as \w+", r.stdout)
     [name] = wait_spooled(spool, 1)
     head, received, body = split_spool_file(spool / name)
-    assert head == b"FROM <swaks@example.org>\nRCPT <dave@localdomain.com>\n"
+    assert head == b"FROM <swaks@example.org>\n" + CLIENT_ATTRS + b"ATTR proto=ESMTP\nRCPT <dave@localdomain.com>\n"
     assert b"\tfor <dave@localdomain.com>; " in received
     assert body == b"From: swaks@example.org\nSubject: swaks\n\nsent by swaks\n.\nend\n"
 
@@ -148,7 +153,8 @@ def test_reference_relay_control_and_auth(deployment):
     assert "<~  235 2.7.0 Authentication successful" in r.stdout
     [name] = wait_spooled(deployment["spool"], 1)
     head, received, body = split_spool_file(deployment["spool"] / name)
-    assert head == b"FROM <alice@example.org>\nRCPT <friend@far.example>\n"
+    assert head == (b"FROM <alice@example.org>\n" + CLIENT_ATTRS
+                    + b"ATTR proto=ESMTPSA\nATTR login=user\nRCPT <friend@far.example>\n")
     assert b" with ESMTPSA id " in received
     deployment["syslog"].wait(r"authenticated as user \(LOGIN\)")
     assert not [line for line in deployment["syslog"].read() if "secret" in line or "wrong" in line]

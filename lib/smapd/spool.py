@@ -15,6 +15,8 @@ read and mark through it.
 The format (LF line ends; the body dot-unstuffed, in canonical form):
 
     FROM <sender>               the null sender is FROM <>
+    ATTR name=value             what smap knew of the client (ATTRIBUTES),
+                                the value xtext-encoded (RFC 3461 4)
     RCPT <recipient>            one line per recipient, in SMTP order
     BODY
     Received: ...
@@ -47,6 +49,11 @@ from dataclasses import dataclass, field
 from smapd.files import fsync_dir
 
 TEMP_PREFIX, READY_PREFIX, TRIGGER = "xma", "sma", ".trigger"
+#: The ATTR lines smap writes: what the MTA behind smapd needs to judge
+#: and log the original client (XCLIENT/XFORWARD).  The reader keeps any
+#: name of this shape, so that a newer smap's file is not "corrupt" to an
+#: older smapd.
+ATTRIBUTES = ("client-addr", "client-name", "helo", "proto", "login")
 _counter = itertools.count(1)
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -82,7 +89,8 @@ def queue_id_time(queue_id: str):
 class SpoolWriter:
     """One message on its way into the spool."""
 
-    def __init__(self, directory: str, sender: str, recipients, header: bytes, queue_id: str = None):
+    def __init__(self, directory: str, sender: str, recipients, header: bytes, queue_id: str = None,
+                 attributes: dict = None):
         self.directory = directory
         self.queue_id = queue_id or new_queue_id()
         self.temp = os.path.join(directory, TEMP_PREFIX + self.queue_id)
@@ -97,7 +105,9 @@ class SpoolWriter:
             self._unlink()
             raise
         try:
-            envelope = [f"FROM <{sender}>\n"] + [f"RCPT <{r}>\n" for r in recipients] + ["BODY\n"]
+            envelope = ([f"FROM <{sender}>\n"]
+                        + [f"ATTR {k}={xtext(v)}\n" for k, v in (attributes or {}).items() if v is not None]
+                        + [f"RCPT <{r}>\n" for r in recipients] + ["BODY\n"])
             self.file.write("".join(envelope).encode("ascii"))
             self.file.write(header)
         except BaseException:
@@ -169,6 +179,25 @@ def poke_trigger(directory: str) -> None:
         os.close(fd)
 
 
+def xtext(value: str) -> str:
+    """RFC 3461 4's xtext: printable ASCII but `+` and `=` as is, every
+    other octet (of the UTF-8 form) as +XX; what XCLIENT and XFORWARD
+    send, and what keeps an ATTR line one line of printable ASCII."""
+    return "".join(chr(b) if 0x21 <= b <= 0x7e and b not in (0x2b, 0x3d) else f"+{b:02X}"
+                   for b in value.encode("utf-8", "surrogateescape"))
+
+
+def unxtext(text: str) -> str:
+    """The inverse of xtext(); ValueError when `text` is not xtext."""
+    if not _XTEXT.fullmatch(text):
+        raise ValueError("not xtext")
+    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), text).encode(
+        "latin-1").decode("utf-8", "surrogateescape")
+
+
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
+
+
 # ------------------------------------------------------------ reading back
 
 #: The longest envelope accepted: 10 000 recipients of 256 octets and more.
@@ -178,6 +207,7 @@ MAX_ENVELOPE = 4 << 20
 # line ends with the closing bracket.  The grammar is mailbox.py's, which
 # smapd applies to what this returns.
 _LINE = re.compile(rb"^(FROM|RCPT|SENT) <([\x20-\x7e]*)>$")
+_ATTR = re.compile(rb"^ATTR ([a-z][a-z0-9-]{0,31})=([\x21-\x7e]{0,2048})$")
 
 
 class Corrupt(Exception):
@@ -193,6 +223,7 @@ class Queued:
     sent: list = field(default_factory=list)      # those already handed off
     body_offset: int = 0
     rcpt_offsets: dict = field(default_factory=dict)  # pending recipient -> offsets of its RCPT lines
+    attributes: dict = field(default_factory=dict)    # ATTR name -> value (decoded)
 
     @property
     def pending(self) -> list:
@@ -221,6 +252,17 @@ def read_envelope(f) -> Queued:
         line = line[:-1]
         if line == b"BODY":
             break
+        m = _ATTR.match(line)
+        if m:
+            if env.sender is None:
+                raise Corrupt("the first line is not FROM")
+            if env.recipients:
+                raise Corrupt("an ATTR line is not between FROM and the first RCPT")
+            try:
+                env.attributes[m.group(1).decode("ascii")] = unxtext(m.group(2).decode("ascii"))
+            except ValueError:
+                raise Corrupt(f"bad envelope line {line[:60]!r}") from None
+            continue
         m = _LINE.match(line)
         if not m:
             raise Corrupt(f"bad envelope line {line[:60]!r}")

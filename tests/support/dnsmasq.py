@@ -59,6 +59,8 @@ def wire_name(name):
 
 LOOPBACK_RECORDS = ("--local=/example.test/", "--local=/example.org/", "--local=/127.in-addr.arpa/",
                     "--local=/ip6.arpa/", "--host-record=client.example.test,127.0.0.1",
+                    # A client from "outside", for what smapd passes on to the MTA.
+                    "--host-record=outside.example.test,127.0.0.44",
                     # Name servers for the senders' domains (nospam ns-required).
                     f"--dns-rr=example.test,2,{wire_name('ns.example.test')}",
                     f"--dns-rr=example.org,2,{wire_name('ns.example.org')}")

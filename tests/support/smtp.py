@@ -51,11 +51,11 @@ class InetdSmap:
     """The installed smap started as inetd starts it: an accepted TCP
     connection on fds 0, 1 and 2; with -d the log goes to a file on fd 2."""
 
-    def __init__(self, table, argv0="smap", extra_args=(), debug=True):
+    def __init__(self, table, argv0="smap", extra_args=(), debug=True, source="127.0.0.1"):
         with socket.socket() as listener:
             listener.bind(("127.0.0.1", 0))
             listener.listen(1)
-            client = socket.create_connection(listener.getsockname())
+            client = socket.create_connection(listener.getsockname(), source_address=(source, 0))
             conn, _ = listener.accept()
         args = [argv0, "--config", table, *(["-d"] if debug else []), *extra_args]
         # The log goes to a file: a pipe nobody reads would block smap.

@@ -491,7 +491,7 @@ def _transaction(ctx: DeliverySettings, env, batch, fd) -> dict:
             if session is None:
                 session = MtaSession(ctx.mta, ctx.hostname, ctx.timeout)
                 session.open()
-            replies = session.send(env.sender, batch, fd, env.body_offset)
+            replies = session.send(env.sender, batch, fd, env.body_offset, env.attributes)
         except MtaUnavailable:
             # A kept connection that the MTA has closed meanwhile fails
             # before the message: once more on a new one.  Never after
@@ -501,7 +501,7 @@ def _transaction(ctx: DeliverySettings, env, batch, fd) -> dict:
             session.close()
             session = MtaSession(ctx.mta, ctx.hostname, ctx.timeout)
             session.open()
-            replies = session.send(env.sender, batch, fd, env.body_offset)
+            replies = session.send(env.sender, batch, fd, env.body_offset, env.attributes)
     except MtaUnavailable:
         if session is not None:
             session.close()

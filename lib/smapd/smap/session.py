@@ -385,13 +385,22 @@ class Session:
         self._send(self.proto.tls_started(description, peer))
         return True
 
+    def _client_attributes(self, env) -> dict:
+        """The spool's ATTR lines: what smapd passes on with XCLIENT or
+        XFORWARD so that the MTA judges and logs the original client."""
+        return {"client-addr": self.client_addr,
+                "client-name": None if self.client_name == "unknown" else self.client_name,
+                "helo": env.helo or None, "proto": self.proto.received_protocol,
+                "login": self.proto.auth_user}
+
     def _message(self) -> bool:
         env = self.proto.envelope
         queue_id = spool.new_queue_id()
         header = received_header(env.helo, self.client_name, self.client_addr, self.hostname,
                                        self.proto.received_protocol, queue_id, env.recipients)
         try:
-            writer = spool.SpoolWriter(self.spool_dir, env.sender, env.recipients, header, queue_id)
+            writer = spool.SpoolWriter(self.spool_dir, env.sender, env.recipients, header, queue_id,
+                                       self._client_attributes(env))
         except OSError as e:
             return self._send(self.proto.spool_failed(f"cannot create the spool file: {e.strerror}"))
         committed = False
