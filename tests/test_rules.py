@@ -29,6 +29,7 @@ CASES = {
     "maxspare-above-maxchildren": (RELAY + "smap: maxspare 50\nsmap: maxchildren 10\n", 2),
     "verify-needs-cas": ("ssl-gw: verify 2\n", 1),
     "mta-and-sendmail": ("smapd: sendmail /usr/sbin/sendmail\nsmapd: mta smtp:127.0.0.1:10025\n", 2),
+    "recipient-verify-needs-mta": ("smapd: recipient-verify yes\n", 1),
 }
 #: How each program is run so that it stops right after its table: on a
 #: standard input that is not a socket, once the table has been accepted.

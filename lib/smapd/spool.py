@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from smapd.files import fsync_dir
 
 TEMP_PREFIX, READY_PREFIX, TRIGGER = "xma", "sma", ".trigger"
+#: The UNIX socket of smapd's recipient verifier (handoff/verifier.py).
+VERIFY_SOCKET = ".verify"
 #: The ATTR lines smap writes: what the MTA behind smapd needs to judge
 #: and log the original client (XCLIENT/XFORWARD).  The reader keeps any
 #: name of this shape, so that a newer smap's file is not "corrupt" to an

@@ -32,6 +32,9 @@ import time
 
 from smapd.table import keywords
 from smapd.handoff import deliver
+# Imported now, with the rest: after the privilege drop the interpreter's
+# files may be out of reach.
+from smapd.handoff import verifier
 from smapd.table.netperm import ConfigError, Table
 from smapd import spool
 from smapd.spool import TEMP_PREFIX, TRIGGER
@@ -78,6 +81,8 @@ class Runner:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.fifo = None
         self._fifo_keep = None
+        self.verifier = None            # pid of the recipient verifier (verifier.py), when running
+        self.verifier_after = 0.0       # no restart before this time (a verifier that dies at once)
 
     # ------------------------------------------------------------ setup
 
@@ -132,11 +137,13 @@ class Runner:
                 self.want_reload = False
                 self.reload()
             if self.stopping:
-                if not self.children:
+                self.stop_verifier()
+                if not self.children and self.verifier is None:
                     log.info("stopped")
                     return 0
                 _title(f"{self.prog}: stopping, {len(self.children)} deliveries running")
             else:
+                self.start_verifier()
                 next_due = self.scan()
                 self.remove_stale_temps()
                 _title(f"{self.prog}: {len(self.children)} deliveries running")
@@ -215,15 +222,62 @@ class Runner:
                 os._exit(code)
         self.children[pid] = names
 
+    # ------------------------------------------------------------ verifier
+
+    def start_verifier(self) -> None:
+        """The recipient verifier, when the table asks for it and it is
+        not running (it is restarted at most every CRASH_PAUSE/6 s)."""
+        if not self.settings["recipient-verify"] or self.verifier is not None or time.time() < self.verifier_after:
+            return
+        self.verifier_after = time.time() + CRASH_PAUSE / 6
+        try:
+            pid = os.fork()
+        except OSError as e:
+            log.error("cannot fork the recipient verifier: %s", e.strerror)
+            return
+        if pid == 0:
+            code = 1
+            try:
+                signal.set_wakeup_fd(-1)
+                for s in (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM):
+                    signal.signal(s, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)   # ^C on smapd -d: smapd stops it
+                os.close(self.wake_r)
+                os.close(self.wake_w)
+                for fd in self.close_in_children:
+                    os.close(fd)
+                _title(f"{self.prog}: recipient verifier")
+                verifier.serve(self.settings, context(self.settings).hostname)
+            except BaseException:
+                log.exception("the recipient verifier failed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.verifier = pid
+
+    def stop_verifier(self) -> None:
+        if self.verifier is not None:
+            try:
+                os.kill(self.verifier, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def reap(self) -> None:
-        while self.children:
+        while self.children or self.verifier is not None:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
+                self.verifier = None
                 return
             if pid == 0:
                 return
+            if pid == self.verifier:
+                self.verifier = None
+                if not self.stopping and os.waitstatus_to_exitcode(status) != -signal.SIGTERM:
+                    log.error("the recipient verifier ended with status %d; restarted",
+                              os.waitstatus_to_exitcode(status))
+                continue
             names = self.children.pop(pid, None)
             code = os.waitstatus_to_exitcode(status)
             if not names or code == deliver.DONE:
@@ -282,6 +336,10 @@ class Runner:
                 log.error("reload refused, the old settings stay: %s", str(d))
             return
         log.info("reloaded the table")
+        # A verifier with other settings (or none wanted): stopped, and
+        # started again by the loop when still wanted.
+        self.stop_verifier()
+        self.verifier_after = 0.0
 
 
 def load(path: str, name: str):

@@ -240,6 +240,24 @@ class MtaSession:
             out.update({r: end for r in accepted})
         return out
 
+    def probe(self, address: str) -> Reply:
+        """Does the MTA take `address` as a recipient?  MAIL FROM:<>, RCPT
+        TO, RSET: its reply to RCPT (to MAIL, when MAIL is refused).
+        Nothing is sent; MtaUnavailable when the dialogue breaks off."""
+        commands = [b"MAIL FROM:<>\r\n", f"RCPT TO:<{address}>\r\n".encode("ascii"), b"RSET\r\n"]
+        if "PIPELINING" in self.extensions:
+            self._send(b"".join(commands))
+            mail, rcpt, _ = (self._reply() for _ in commands)
+        else:
+            self._send(commands[0])
+            mail = rcpt = self._reply()
+            if mail.code == 250:
+                self._send(commands[1])
+                rcpt = self._reply()
+            self._rset()
+        self.reused = True
+        return rcpt if mail.code == 250 else mail
+
     def quit(self) -> None:
         try:
             self._send(b"QUIT\r\n")

@@ -16,9 +16,11 @@ and nowhere else:
            entries, `nospam ns-required` (the sender's domain has NS
            records)
   RCPT     routing tricks (`%`, `!`, `@` in a quoted local part) from
-           clients that are not exempt; then `relay-domain` (the
-           recipient's domain after the last `@`, brackets and a trailing
-           dot removed, case-folded) unless the client is exempt
+           clients that are not exempt; the `recipients` map; then
+           `relay-domain` (the recipient's domain after the last `@`,
+           brackets and a trailing dot removed, case-folded) unless the
+           client is exempt; then `recipient-verify` (smapd's verifier
+           asks the MTA) for recipients of a relay-domain
   (maxrecip and the rest are the protocol's own, protocol.py)
 
 Each check is a small function returning None (go on) or a `Refusal`:
@@ -76,6 +78,8 @@ class Checks:
     #: public CAs sign certificates for anyone.
     certificates_exempt: bool = False
     recipients: object = None      # recipients.RecipientMap, or None
+    #: Ask smapd's recipient verifier (verify_client.py) about recipients of our domains.
+    recipient_verify: bool = False
 
     @property
     def relay_control(self) -> bool:
@@ -102,11 +106,14 @@ class Checks:
         nospam = frozenset(x.lower() for x in settings["nospam"])
         if "maps-rbl" in nospam or "ns-required" in nospam:
             pre_jail("smapd.smap.dns_checks")  # now: a jailed child cannot import
+        if settings["recipient-verify"]:
+            pre_jail("smapd.smap.verify_client")
         return cls(hostname=settings["hostname"], relay_domains=tuple(d.lower() for d in settings["relay-domain"]),
                    relay_hosts=settings["relay-hosts"], nospam=nospam, rbls=settings["rbl"],
                    rbl_threshold=settings["rbl-threshold"], resolver=resolver,
                    dns_timeout=settings["dns-timeout"], spamdb=spamdb, passwords=passwords,
-                   certificates_exempt=bool(settings["ssl-ca"]), recipients=recipients)
+                   certificates_exempt=bool(settings["ssl-ca"]), recipients=recipients,
+                   recipient_verify=settings["recipient-verify"])
 
 
 @dataclass
@@ -118,6 +125,7 @@ class SessionPolicy:
     name: Optional[str] = None
     internal: bool = False
     client_refusal: Optional[Refusal] = None
+    spool_dir: str = "/"              # where the verifier's socket is ("/" in the jail)
 
     def __post_init__(self):
         self.internal = any(p.matches(self.addr, self.name) for p in self.setup.relay_hosts)
@@ -301,11 +309,43 @@ def recipient_relay(p: SessionPolicy, proto, recipient: str) -> Optional[Refusal
                    f"relay to <{recipient}> denied (domain {domain} is not a relay-domain)")
 
 
-RCPT_CHECKS = (recipient_routing, recipient_known, recipient_relay)
+def recipient_verified(p: SessionPolicy, proto, recipient: str) -> Optional[Refusal]:
+    """`recipient-verify`: a recipient of one of our domains (relay-domain,
+    or one the map names without deciding) is asked about, for every
+    client: the MTA would bounce it otherwise.  Not postmaster, not what
+    the map knows, not what exempt clients relay elsewhere."""
+    if not p.setup.recipient_verify or recipient == "postmaster":
+        return None
+    if p.setup.recipients is not None and p.setup.recipients.verdict(recipient) == "known":
+        return None
+    domain = recipient_domain(recipient)
+    if not any(fnmatch.fnmatchcase(domain, pattern) for pattern in p.setup.relay_domains):
+        return None
+    from smapd.smap import verify_client
+    answer = verify_client.ask(p.spool_dir, recipient)
+    if answer is None:
+        return Refusal(reply(451, "4.4.3", f"<{recipient}>: Recipient address verification is unavailable, "
+                                           "try again later"),
+                       f"cannot verify <{recipient}>: smapd's verifier does not answer")
+    code, status, text = answer
+    if code // 100 == 2:
+        return None
+    if code // 100 == 5:
+        return Refusal(reply(550, status, f"<{recipient}>: Recipient address rejected: undeliverable address"),
+                       f"recipient <{recipient}> refused by the MTA: {code} {status} {text}")
+    if status == "4.4.3":
+        return Refusal(reply(451, "4.4.3", f"<{recipient}>: Recipient address verification is unavailable, "
+                                           "try again later"), f"cannot verify <{recipient}>: {text}")
+    return Refusal(reply(450, "4.1.1", f"<{recipient}>: Recipient address rejected: unverified address"),
+                   f"recipient <{recipient}> unverified: {code} {status} {text}")
 
 
-def new_session(setup: Checks, addr: str, name: Optional[str]) -> SessionPolicy:
-    p = SessionPolicy(setup, str(client_address(addr)), None if name in (None, "unknown") else name)
+RCPT_CHECKS = (recipient_routing, recipient_known, recipient_relay, recipient_verified)
+
+
+def new_session(setup: Checks, addr: str, name: Optional[str], spool_dir: str = "/") -> SessionPolicy:
+    p = SessionPolicy(setup, str(client_address(addr)), None if name in (None, "unknown") else name,
+                      spool_dir=spool_dir)
     p.at_connect()
     return p
 

@@ -113,7 +113,7 @@ def run_session(sock, proto: Protocol, settings, spool_dir: str, name: str, addr
                 tls_context=None, smtps: bool = False, setup=None) -> None:
     if setup is not None:
         from smapd.smap import policy
-        policy.new_session(setup, addr, name).hooks(proto)
+        policy.new_session(setup, addr, name, spool_dir).hooks(proto)
     tls = TlsSetup(tls_context, on_connect=smtps) if tls_context is not None else None
     Session(sock, proto, limits(settings), spool_dir, settings["hostname"], name, addr,
             greet_delay=settings["greet-delay"], observer=observer, tls=tls).serve()  # closes the connection

@@ -544,6 +544,9 @@ _DECLARATIONS = [
             "file of the mailboxes that exist (user@domain, or @domain for every user of a domain; the format "
             "of Postfix's relay_recipient_maps sources): others of those domains get 550 5.1.1, the listed ones "
             "are accepted from anyone; re-read when it changes"),
+    Keyword(SMAP, "recipient-verify", Bool(), False,
+            "ask smapd's verifier (smapd: recipient-verify) whether each recipient of a relay-domain exists: "
+            "the MTA's 5xx becomes 550 at RCPT, and 450 or 451 when it cannot be asked"),
     Keyword(SMAP, "spam-database", Path("file"), None,
             "file of refused client addresses, networks, senders and domains; re-read when it changes"),
     Keyword(SMAP, "crlf", Choice("strict", "normalize"), "strict",
@@ -557,6 +560,12 @@ _DECLARATIONS = [
     Keyword(SMAPD, "mta", MtaType(), None,
             "hand off by SMTP or LMTP to this address instead of running sendmail (pipelined; each recipient's "
             "reply counts: 5xx bounces it, 4xx retries it)"),
+    Keyword(SMAPD, "recipient-verify", Bool(), False,
+            "serve smap's recipient-verify: probe mta with MAIL FROM:<>, RCPT TO and RSET, the answers cached"),
+    Keyword(SMAPD, "verify-positive-expire", Int(60, metavar="SECONDS"), 7 * 86400,
+            "how long the verifier trusts an address the MTA accepted"),
+    Keyword(SMAPD, "verify-negative-expire", Int(60, metavar="SECONDS"), 3 * 3600,
+            "how long the verifier trusts a refusal (5xx) of the MTA"),
     Keyword(SMAPD, "baddir", Path("dir", "DIRECTORY"), _baddir, "where refused and corrupt spool files are moved",
             default_doc="DIRECTORY/bad"),
     Keyword(SMAPD, "wakeup", Int(1, metavar="SECONDS"), 30, "seconds between two scans of the spool"),

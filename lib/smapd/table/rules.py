@@ -153,6 +153,11 @@ def _mta_and_sendmail(s):
         yield f"mta {s['mta']} and sendmail are both set: smapd hands off one way; remove one"
 
 
+def _verify_needs_mta(s):
+    if s["recipient-verify"] and not s["mta"]:
+        yield "recipient-verify needs mta: the verifier asks the MTA by SMTP or LMTP"
+
+
 def _minspare_above_maxspare(s):
     if s["minspare"] > s["maxspare"]:
         yield f"minspare {s['minspare']} is above maxspare {s['maxspare']}"
@@ -198,6 +203,8 @@ RULES = (
          "that smapd hands to the MTA is a local submission, which the MTA's relay restrictions never see."),
     Rule("mta-and-sendmail", (SMAPD,), "mta", ERROR, _mta_and_sendmail,
          "mta and sendmail may not both be set: smapd hands off by SMTP/LMTP or by sendmail, not both."),
+    Rule("recipient-verify-needs-mta", (SMAPD,), "recipient-verify", ERROR, _verify_needs_mta,
+         "smapd's recipient-verify needs mta: the verifier asks the MTA by SMTP or LMTP."),
     Rule("minspare-above-maxspare", (SMAP, SSLGW), "minspare", ERROR, _minspare_above_maxspare,
          "minspare may not be above maxspare."),
     Rule("maxspare-above-maxchildren", (SMAP, SSLGW), "maxspare", WARNING, _maxspare_above_maxchildren,
