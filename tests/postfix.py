@@ -53,6 +53,7 @@ import grp
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import stat
@@ -60,6 +61,7 @@ import subprocess
 import sys
 import tempfile
 import types
+from pathlib import Path
 
 import pytest
 
@@ -580,3 +582,32 @@ def unprivileged_sendmail(postfix):
     from support import system_files
     return system_files.appended("/etc/postfix/main.cf",
                                  f"\nalternate_config_directories = {postfix.config_dir}\n")
+
+
+# ------------------------------------------------------------ the recipe
+
+#: The recipe of smapd(8) "POSTFIX BEHIND SMAP", as shipped.
+RECIPE = Path(__file__).resolve().parent.parent / "etc" / "postfix"
+
+
+def recipe_main_cf(**extra):
+    """etc/postfix/main.cf as parameters (for Postfix(main_cf=...)), with `extra` on top."""
+    params = {}
+    for line in (RECIPE / "main.cf").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, value = line.split("=", 1)
+            params[name.strip()] = value.strip()
+    params.update(extra)
+    return params
+
+
+def recipe_master_cf(port, xclient=True):
+    """etc/postfix/master.cf with the re-injection smtpd on `port`; without
+    xclient, smapd is authorised for XFORWARD only."""
+    text = (RECIPE / "master.cf").read_text()
+    assert "\n127.0.0.1:10025 inet " in text
+    text = text.replace("127.0.0.1:10025", f"127.0.0.1:{port}")
+    if not xclient:
+        text, n = re.subn(r"\n  -o smtpd_authorized_xclient_hosts=\S+", "", text)
+        assert n == 1
+    return text

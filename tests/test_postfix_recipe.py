@@ -17,41 +17,19 @@ import grp
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from postfix import Postfix
+from postfix import Postfix, recipe_main_cf, recipe_master_cf
 from support.daemons import Daemon
 from support.programs import free_port, nobody_ids, wait_for
 from test_smapd_smtp import start_smapd, stop_smapd
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="smap and smapd drop to nobody")
 
-RECIPE = Path(__file__).resolve().parent.parent / "etc" / "postfix"
 OUTSIDE, OUTSIDE_NAME, HELO = "127.0.0.44", "outside.example.test", "helo.outside.example"
 #: A client with no name in the test DNS, refused by Postfix's own rule.
 REFUSED = "127.0.0.45"
-
-
-def recipe_main_cf(**extra):
-    params = {}
-    for line in (RECIPE / "main.cf").read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            name, value = line.split("=", 1)
-            params[name.strip()] = value.strip()
-    params.update(extra)
-    return params
-
-
-def recipe_master_cf(port, xclient=True):
-    text = (RECIPE / "master.cf").read_text()
-    assert "\n127.0.0.1:10025 inet " in text
-    text = text.replace("127.0.0.1:10025", f"127.0.0.1:{port}")
-    if not xclient:
-        text, n = re.subn(r"\n  -o smtpd_authorized_xclient_hosts=\S+", "", text)
-        assert n == 1
-    return text
 
 
 class Recipe:

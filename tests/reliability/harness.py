@@ -277,14 +277,17 @@ class Clients:
 
 class Smapd:
     """smapd (-d, in the foreground, as root: it drops to nobody) on a spool,
-    handing off to `sendmail` (argv list).  start() again after a kill."""
+    handing off to `sendmail` (argv list), or by SMTP/LMTP to `mta`
+    (smapd's mta keyword, such as smtp:127.0.0.1:PORT).  start() again
+    after a kill."""
 
-    def __init__(self, base, spool, sendmail, extra=""):
+    def __init__(self, base, spool, sendmail=None, extra="", mta=None):
         self.base, self.spool = base, spool
         group = grp.getgrgid(nobody_ids()[1]).gr_name
         self.table = base / "smapd-table"
+        handoff = f"mta {mta}" if mta else f"sendmail {' '.join(map(str, sendmail))}"
         self.table.write_text(f"smapd: directory {spool}\nsmapd: userid nobody\nsmapd: groupid {group}\n"
-                              f"smapd: sendmail {' '.join(map(str, sendmail))}\nsmapd: wakeup 1\n"
+                              f"smapd: {handoff}\nsmapd: wakeup 1\n"
                               f"smapd: retry-max 1\nsmapd: maxchildren 4\n" + extra)
         self.table.chmod(0o644)
         self.proc = None
@@ -314,7 +317,7 @@ class Smapd:
         for pid in children(self.proc.pid) if self.proc else ():
             title = cmdline(pid)
             if title.startswith("smapd: delivering "):
-                out.append((pid, title.split()[-1]))
+                out.append((pid, title.split()[2]))   # "smapd: delivering ID [(i of n)]"
         return out
 
     def kill_delivery(self, pid):

@@ -1,5 +1,7 @@
 """Reliability, scenario 1: a stream of messages through `smap -daemon`,
-handed by smapd to a real private Postfix, while SIGKILLs fall at
+handed by smapd to a real private Postfix (through its sendmail, and by
+SMTP to the re-injection smtpd of the recipe in etc/postfix/, with
+XCLIENT, several files per connection), while SIGKILLs fall at
 seeded random moments on smap's children (mid-session), on smapd alone
 (its delivery children go on as orphans), on one delivery child (its
 MTA, in a session of its own, goes on) and on smapd with all its
@@ -12,6 +14,7 @@ RELIABILITY_SECONDS sets the length of the stream (default 20 s);
 RELIABILITY_SEED replays a schedule of kills."""
 
 import collections
+import contextlib
 import os
 import time
 
@@ -21,19 +24,41 @@ from support.daemons import Daemon
 from support.programs import wait_for
 from harness import (RCPT, SENDER, Clients, Ledger, Smapd, audit, bad_files, cmdline, copies, kill, maildir_files,
                      make_rng, poll_until, seconds, soaking, spool_files)
-from postfix import postfix, unprivileged_sendmail  # noqa: F401  (the fixture)
+from postfix import Postfix, recipe_main_cf, recipe_master_cf, unprivileged_sendmail
+from support.programs import free_port
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="smap -daemon binds, chroots and drops privileges as root")
 
 
-def test_sigkill_stream_loses_nothing(postfix, public_tmp, loopback_dns):  # noqa: F811
+@pytest.fixture(params=["sendmail", "smtp"])
+def handoff(request, tmp_path):
+    """(the running Postfix, the context that lets smapd reach it, smapd's
+    hand-off as Smapd's keyword arguments)."""
+    if request.param == "sendmail":
+        postfix = Postfix(tmp_path)
+        how = lambda: {"sendmail": ["/usr/sbin/sendmail", "-C", postfix.config_dir]}  # noqa: E731
+        reach = unprivileged_sendmail
+    else:
+        port = free_port()
+        postfix = Postfix(tmp_path, main_cf=recipe_main_cf(), master_cf=recipe_master_cf(port))
+        how = lambda: {"mta": f"smtp:127.0.0.1:{port}"}  # noqa: E731
+        reach = lambda _: contextlib.nullcontext()  # noqa: E731
+    postfix.start()
+    try:
+        yield postfix, reach(postfix), how()
+    finally:
+        postfix.stop()
+
+
+def test_sigkill_stream_loses_nothing(handoff, public_tmp, loopback_dns):
+    postfix, reach, how = handoff
     seed, rng = make_rng("sigkill stream")
     duration = seconds(20)
     postfix.add_mailbox(RCPT, SENDER)
-    with unprivileged_sendmail(postfix):
+    with reach:
         d = Daemon(public_tmp / "smap", loopback_dns,
                    "smap: minspare 3\nsmap: maxspare 6\nsmap: maxchildren 20\nsmap: maxperhost 100\n")
-        smapd = Smapd(public_tmp, d.spool, ["/usr/sbin/sendmail", "-C", postfix.config_dir])
+        smapd = Smapd(public_tmp, d.spool, **how)
         clients = None
         try:
             d.start()

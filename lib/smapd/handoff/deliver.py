@@ -340,13 +340,16 @@ def deliver(name: str, ctx: DeliverySettings) -> int:
         c.close()
 
 
-def deliver_all(names, ctx: DeliverySettings) -> int:
+def deliver_all(names, ctx: DeliverySettings, starting=None) -> int:
     """Hand several spool files off in turn, through one connection to
-    `mta` (a new transaction per file).  Returns the worst outcome:
+    `mta` (a new transaction per file); `starting(i, name)` is called
+    before each (the process title).  Returns the worst outcome:
     STUCK, else SKIPPED, else DONE."""
     worst = DONE
     try:
-        for name in names:
+        for i, name in enumerate(names):
+            if starting is not None:
+                starting(i, name)
             code = deliver(name, ctx)
             if code == STUCK or (code == SKIPPED and worst == DONE):
                 worst = code

@@ -212,9 +212,12 @@ class Runner:
                 os.close(self.wake_w)
                 for fd in self.close_in_children:
                     os.close(fd)
-                more = f" and {len(names) - 1} more" if len(names) > 1 else ""
-                _title(f"{self.prog}: delivering {names[0][len(spool.READY_PREFIX):]}{more}")
-                code = deliver.deliver_all(names, ctx)
+                # The title names the file in flight: the one a kill of
+                # this child could hand off twice.
+                def starting(i, name):
+                    of = f" ({i + 1} of {len(names)})" if len(names) > 1 else ""
+                    _title(f"{self.prog}: delivering {name[len(spool.READY_PREFIX):]}{of}")
+                code = deliver.deliver_all(names, ctx, starting)
             except BaseException:
                 log.exception("delivery of %s failed", ", ".join(names))
             finally:
