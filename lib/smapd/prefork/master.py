@@ -433,9 +433,13 @@ class Master:
             daemon.DaemonContext(working_directory="/", umask=0o022, files_preserve=keep,
                                  signal_map={}, prevent_core=True).open()
         self.pid = os.getpid()
+        self.board.set_header(self.pid, self.generation, 0, time.time())
+        # The title before the pid file: rc.subr's check_pidfile knows the
+        # process by its title's first word, and `status` may run as soon
+        # as the pid file is there.
+        self._update_title()
         if self.pidfile:
             self.pidfile.write(self.pid)
-        self.board.set_header(self.pid, self.generation, 0, time.time())
         if os.geteuid() != 0:
             log.warning("NOT ROOT (uid %d): children neither chroot nor drop privileges; for testing only",
                         os.geteuid())
