@@ -188,6 +188,15 @@ class Runner:
             self.spawn(due[i:i + per])
         return max(wait, 0.05)
 
+    def _in_child(self) -> None:
+        """What every child of smapd drops of it, first thing after fork."""
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        for fd in self.close_in_children:
+            os.close(fd)
+
     def spawn(self, names: list) -> None:
         ctx = context(self.settings)
         try:
@@ -200,18 +209,13 @@ class Runner:
         if pid == 0:
             code = 1
             try:
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                self._in_child()
                 # A delivery, once begun, is finished: ^C on smapd -d or a
                 # TERM to the process group must not kill the child while
                 # the MTA (in a session of its own) goes on, which would
                 # make the message go out twice.
                 for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
                     signal.signal(s, signal.SIG_IGN)
-                os.close(self.wake_r)
-                os.close(self.wake_w)
-                for fd in self.close_in_children:
-                    os.close(fd)
                 # The title names the file in flight: the one a kill of
                 # this child could hand off twice.
                 def starting(i, name):
@@ -241,14 +245,10 @@ class Runner:
         if pid == 0:
             code = 1
             try:
-                signal.set_wakeup_fd(-1)
-                for s in (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM):
+                self._in_child()
+                for s in (signal.SIGHUP, signal.SIGTERM):
                     signal.signal(s, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)   # ^C on smapd -d: smapd stops it
-                os.close(self.wake_r)
-                os.close(self.wake_w)
-                for fd in self.close_in_children:
-                    os.close(fd)
                 _title(f"{self.prog}: recipient verifier")
                 verifier.serve(self.settings, context(self.settings).hostname)
             except BaseException:
