@@ -25,7 +25,10 @@ time.  The exit status decides (DESIGN.md section 6):
 With `mta` set, `_deliver_smtp()` sends the file by SMTP or LMTP instead
 (smtp_client.py), and each recipient's reply decides for it: 2xx SENT
 (or the file unlinked), 5xx a bounce, 4xx a retry of the file;
-`deliver_all()` sends a child's files through one connection.
+`deliver_all()` sends a child's files through one connection, and syncs
+the spool directory once after them, not after each unlink: only a crash
+of the host in between (smapd's death does not undo an unlink) brings a
+handed-off file back, to be handed off again, never lost.
 
 A recipient whose address mailbox.py refuses (only a planted file, or a
 grammar that changed between smap's RCPT and now, has one) is bounced
@@ -86,6 +89,9 @@ class DeliverySettings:
     #: The open connection to `mta`, kept by deliver_all() from one file
     #: to the next (a child's own: never shared between processes).
     session: object = field(default=None, repr=False, compare=False)
+    #: Files unlinked since the spool directory was last synced: the
+    #: sync is once per child (deliver_all), not once per file.
+    unsynced: bool = field(default=False, repr=False, compare=False)
 
 
 def address_problem(addr: str, sender: bool = False):
@@ -357,7 +363,21 @@ def deliver_all(names, ctx: DeliverySettings, starting=None) -> int:
         if ctx.session is not None:
             ctx.session.quit()
             ctx.session = None
+        if ctx.unsynced:
+            sync_unlinks(ctx)
     return worst
+
+
+def sync_unlinks(ctx: DeliverySettings) -> None:
+    """Make the child's unlinks durable, once for all its files.  Until
+    then a crash of the host (not of smapd: the kernel keeps an unlink)
+    brings a handed-off file back, to be handed off again: the hand-off
+    is at least once.  Nothing is lost either way."""
+    ctx.unsynced = False
+    try:
+        fsync_dir(ctx.directory)
+    except OSError as e:
+        log.error("syncing the spool directory after hand-offs failed: %s", e.strerror)
 
 
 def _deliver(c: Claim, ctx: DeliverySettings) -> int:
@@ -431,7 +451,7 @@ def record_handoff(c: Claim, ctx: DeliverySettings, env, batch, last: bool) -> b
     try:
         if last:
             os.unlink(c.name)
-            fsync_dir(ctx.directory)
+            ctx.unsynced = True
         else:
             spool.mark_sent(c.fd, env, batch)
         return True
@@ -467,7 +487,10 @@ def _deliver_smtp(c: Claim, ctx: DeliverySettings, env, pending) -> int:
                      replies[sent[0]])
         # The delivered ones are recorded first: a bounce that cannot be
         # queued then leaves only the refused recipients for the retry.
-        if not record_handoff(c, ctx, env, sent, last=False):
+        # Not when they were the file's last: the unlink below records
+        # them, and syncing SENT lines first would only cost an fsync.
+        done = i + BATCH >= len(pending) and not later and not failed
+        if not done and not record_handoff(c, ctx, env, sent, last=False):
             return DONE
         if failed:
             try:

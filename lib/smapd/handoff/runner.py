@@ -47,6 +47,12 @@ CRASH_PAUSE = 60
 #: Spool files one delivery child sends through one SMTP/LMTP connection
 #: at most (the sendmail path: one per child).
 FILES_PER_CONNECTION = 50
+#: While deliveries run, the spool is scanned at most this often, however
+#: often smap's trigger wakes us: under a stream of mail each scan then
+#: finds several files for one child and one connection, not one file
+#: for a fork, a connection and an MTA session of its own.  Costs a new
+#: message at most this much latency, and nothing when smapd is idle.
+SCAN_GAP = 0.1
 
 
 try:  # imported now: after the privilege drop the interpreter's files may be out of reach
@@ -83,6 +89,7 @@ class Runner:
         self._fifo_keep = None
         self.verifier = None            # pid of the recipient verifier (verifier.py), when running
         self.verifier_after = 0.0       # no restart before this time (a verifier that dies at once)
+        self.last_scan = -SCAN_GAP      # time.monotonic() of the last scan
 
     # ------------------------------------------------------------ setup
 
@@ -144,6 +151,11 @@ class Runner:
                 _title(f"{self.prog}: stopping, {len(self.children)} deliveries running")
             else:
                 self.start_verifier()
+                gap = self.last_scan + SCAN_GAP - time.monotonic()
+                if self.children and gap > 0:
+                    self.sleep(gap)   # woken early by a trigger or a child's end: reaps, then here again
+                    continue
+                self.last_scan = time.monotonic()
                 next_due = self.scan()
                 self.remove_stale_temps()
                 _title(f"{self.prog}: {len(self.children)} deliveries running")
