@@ -190,7 +190,12 @@ def test_protocol_random_sessions(events, errors_max, maxrecip, starttls, auth, 
         codes = [x.code for x in r.replies]
         if too_long or bad_eol:  # what such a line holds is never acted on
             assert codes and codes[0] in (500, 501) and r.action in (None, "close"), r
-        is_pipelining_close = r.closes and codes[-1:] == [554] and "pipelining" in r.replies[-1].text
+        # Framing violations end the session at once, whatever the budget:
+        # improper pipelining, and BDAT (whose octets would follow unread).
+        is_pipelining_close = r.closes and codes[-1:] == [554] and (
+            "pipelining" in r.replies[-1].text or "BDAT" in r.replies[-1].text)
+        if is_pipelining_close and "BDAT" in r.replies[-1].text:
+            assert verb == b"BDAT" and not was_auth, raw
         # The error budget: every 5xx to a command is one error.
         if codes and codes[0] >= 500 and not is_pipelining_close:
             errors += 1

@@ -18,7 +18,8 @@ from support.programs import ROOT
 
 LIB = os.path.join(ROOT, "lib", "smapd")
 PROGRAMS = ("smap", "handoff", "sslgw")
-BOTTOM = ("spool", "log", "tls", "files", "dnsclient", "addresses", "mailbox", "verify_wire", "exits", "__init__")
+BOTTOM = ("spool", "log", "tls", "files", "dnsclient", "addresses", "mailbox", "xtext", "verify_wire", "exits",
+          "__init__")
 #: What each part may import of the suite (besides itself).
 ALLOWED = {
     "admin": {"smap", "handoff", "sslgw", "prefork", "table", *BOTTOM},
@@ -87,17 +88,19 @@ def test_imports_go_down_never_up_nor_across(name):
 
 
 def test_the_protocol_imports_only_the_standard_library_and_its_sasl():
-    """And the address grammar, itself pure and shared with smapd."""
+    """And the address grammar and xtext, themselves pure and shared with smapd."""
     stdlib = sys.stdlib_module_names
     for imported in imports(MODULES["smap.protocol"]):
-        assert imported.split(".")[0] in stdlib or imported in ("smapd.smap.sasl", "smapd.mailbox",
+        assert imported.split(".")[0] in stdlib or imported in ("smapd.smap.sasl", "smapd.mailbox", "smapd.xtext",
                                                                 "__future__"), imported
-    for imported in imports(MODULES["mailbox"]):
-        assert imported.split(".")[0] in stdlib or imported == "__future__", imported
+    for pure in ("mailbox", "xtext"):
+        for imported in imports(MODULES[pure]):
+            assert imported.split(".")[0] in stdlib or imported == "__future__", imported
 
 
 def test_the_spool_knows_nothing_of_smap():
-    assert not [i for i in imports(MODULES["spool"]) if i.startswith("smapd.") and i != "smapd.files"]
+    assert not [i for i in imports(MODULES["spool"])
+                if i.startswith("smapd.") and i not in ("smapd.files", "smapd.xtext")]
 
 
 def test_only_privsep_changes_ids_or_root():

@@ -105,7 +105,7 @@ def test_the_recipe_end_to_end_with_xclient(tmp_path, public_tmp, loopback_dns):
             first = msg.split(b"\nReceived: ", 1)[1]
             assert first.startswith(f"from {HELO} ({OUTSIDE_NAME} [{OUTSIDE}])\n\tby postfix.example.test "
                                     f"(Postfix) with ESMTP id ".encode()), first[:200]
-            assert f"\nReceived: from {HELO} ({OUTSIDE_NAME} [{OUTSIDE}])\n\tby test.example via smap".encode() in msg
+            assert f"\nReceived: from {HELO} ({OUTSIDE_NAME} [{OUTSIDE}])\n\tby test.example (smap, smapd".encode() in msg
         r.drained()
         log = r.postfix.log()
         text = r.stop_smapd()

@@ -76,7 +76,7 @@ def test_smap_smapd_postfix_byte_exact(unprivileged_submission, public_tmp, loop
             assert msg.endswith(MESSAGE.replace(b"\r\n", b"\n").split(b"\n\n", 1)[1])
             assert b"\nFrom: Alice <alice@example.org>\nSubject: through postfix\n" in head + b"\n"
             assert re.search(rb"\nReceived: from client\.example\.test \(client\.example\.test \[127\.0\.0\.1\]\)\n"
-                             rb"\tby smap\.example\.test via smap \(smapd [0-9.]+\) with ESMTP id " + ids[0].encode(),
+                             rb"\tby smap\.example\.test \(smap, smapd [0-9.]+\) with ESMTP id " + ids[0].encode(),
                              head)
             assert b"Delivered-To: " + r.encode() in head and b"Return-Path: <alice@example.org>" in head
         for r in rcpts_b:

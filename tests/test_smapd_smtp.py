@@ -78,7 +78,7 @@ def test_smtp_handoff_byte_exact_with_a_bounce_for_the_refused_recipient(smtpd_p
             assert msg.endswith(MESSAGE.replace(b"\r\n", b"\n").split(b"\n\n", 1)[1])
             assert b"\nFrom: Alice <alice@example.org>\nSubject: through postfix\n" in msg
             assert re.search(rb"\nReceived: from client\.example\.test \(client\.example\.test \[127\.0\.0\.1\]\)\n"
-                             rb"\tby smap\.example\.test via smap \(smapd [0-9.]+\) with ESMTP id " + ids[0].encode(),
+                             rb"\tby smap\.example\.test \(smap, smapd [0-9.]+\) with ESMTP id " + ids[0].encode(),
                              msg)
             assert b"Return-Path: <alice@example.org>" in msg
         for r in many:

@@ -99,7 +99,7 @@ def test_python_smtplib_through_xinetd(deployment):
                     b"RCPT <bob@localdomain.com>\nRCPT <carol@localdomain.com>\n")
     qid = name[3:]
     assert re.match(rb"Received: from client\.example\.test \(client\.example\.test \[127\.0\.0\.1\]\)\n"
-                    rb"\tby \S+ via smap \(smapd [0-9.]+\) with ESMTP id " + qid.encode() + rb";\n\t\w{3}, ",
+                    rb"\tby \S+ \(smap, smapd [0-9.]+\) with ESMTP id " + qid.encode() + rb";\n\t\w{3}, ",
                     received), received
     # Byte-exact: the message as sent, with LF line ends (and smtplib's
     # dot-stuffing undone).

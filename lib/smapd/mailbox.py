@@ -38,7 +38,9 @@ DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*\.?"
-LITERAL = r"\[(?:[0-9.]+|IPv6:[0-9A-Fa-f:.]+)\]"
+#: An address literal's shape; `is_address_literal()` checks the address.
+#: The IPv6 tag is case-insensitive, as all of RFC 5321's ABNF strings.
+LITERAL = r"\[(?:[0-9.]+|(?i:IPv6):[0-9A-Fa-f:.]+)\]"
 _MAILBOX_RE = re.compile(rf"^(?P<local>{DOT_ATOM}|{QUOTED})@(?P<domain>{DOMAIN}|{LITERAL})$")
 _QUOTED_PAIR = re.compile(r"\\(.)")
 
@@ -86,15 +88,8 @@ def parse(text: str, sender: bool = False) -> Mailbox:
     local, domain = m.group("local"), m.group("domain")
     if len(local) > MAX_LOCAL or len(domain) > MAX_DOMAIN:
         raise AddressError("too long")
-    if domain.startswith("["):
-        body = domain[1:-1]
-        try:
-            if body[:5] == "IPv6:":
-                ipaddress.IPv6Address(body[5:])
-            else:
-                ipaddress.IPv4Address(body)
-        except ValueError:
-            raise AddressError(f"{domain} is not an address literal") from None
+    if domain.startswith("[") and not is_address_literal(domain):
+        raise AddressError(f"{domain} is not an address literal")
     box = Mailbox(local, domain)
     dequoted = box.dequoted_local
     if not dequoted:
@@ -102,6 +97,35 @@ def parse(text: str, sender: bool = False) -> Mailbox:
     if dequoted[0] in FORBIDDEN_STARTS:
         raise AddressError(f"an address may not start with {dequoted[0]!r}, quoted or not", policy=True)
     return box
+
+
+def is_address_literal(text: str) -> bool:
+    """`[192.0.2.1]` or `[IPv6:2001:db8::1]` (RFC 5321 4.1.3) holding an
+    address the standard library reads: no `[999.1.1.1]`, `[1.2.3]`,
+    `[01.2.3.4]` or nine IPv6 groups."""
+    if len(text) < 3 or text[0] != "[" or text[-1] != "]":
+        return False
+    body = text[1:-1]
+    try:
+        if body[:5].lower() == "ipv6:":
+            ipaddress.IPv6Address(body[5:])
+        else:
+            ipaddress.IPv4Address(body)
+    except ValueError:
+        return False
+    return True
+
+
+def compare_key(text: str, sender: bool = False) -> Optional[tuple]:
+    """(local part, domain) as the MTA compares addresses: the local part
+    dequoted (`"alice"@x` and `"al\\ice"@x` are alice), both case-folded,
+    the domain without a trailing dot; None for what `parse()` refuses.
+    Every list smap checks an address against compares these."""
+    try:
+        box = parse(text, sender)
+    except AddressError:
+        return None
+    return box.dequoted_local.lower(), box.domain.lower().rstrip(".")
 
 
 def problem(text: str, sender: bool = False) -> Optional[str]:

@@ -47,6 +47,7 @@ import time
 from dataclasses import dataclass, field
 
 from smapd.files import fsync_dir
+from smapd.xtext import unxtext, xtext
 
 TEMP_PREFIX, READY_PREFIX, TRIGGER = "xma", "sma", ".trigger"
 #: The UNIX socket of smapd's recipient verifier (handoff/verifier.py).
@@ -181,23 +182,6 @@ def poke_trigger(directory: str) -> None:
         os.close(fd)
 
 
-def xtext(value: str) -> str:
-    """RFC 3461 4's xtext: printable ASCII but `+` and `=` as is, every
-    other octet (of the UTF-8 form) as +XX; what XCLIENT and XFORWARD
-    send, and what keeps an ATTR line one line of printable ASCII."""
-    return "".join(chr(b) if 0x21 <= b <= 0x7e and b not in (0x2b, 0x3d) else f"+{b:02X}"
-                   for b in value.encode("utf-8", "surrogateescape"))
-
-
-def unxtext(text: str) -> str:
-    """The inverse of xtext(); ValueError when `text` is not xtext."""
-    if not _XTEXT.fullmatch(text):
-        raise ValueError("not xtext")
-    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), text).encode(
-        "latin-1").decode("utf-8", "surrogateescape")
-
-
-_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
 
 
 # ------------------------------------------------------------ reading back

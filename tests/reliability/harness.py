@@ -59,7 +59,7 @@ ENV_SEED = "RELIABILITY_SEED"
 #: The marker in a message's Subject (and Message-Id and body).
 MARKER_RE = re.compile(rb"^Subject: (rel-[0-9A-Za-z-]+)\r?$", re.M)
 #: smap's queue id in its Received header.
-QID_RE = re.compile(rb"\bvia smap \(smapd [^)]*\) with E?SMTP id ([0-9A-Z]+P[0-9A-Z]+)")
+QID_RE = re.compile(rb"\(smap, smapd [^)]*\) with E?SMTP id ([0-9A-Z]+P[0-9A-Z]+)")
 RCPT = "sink@example.net"
 SENDER = "sender@example.org"
 #: How much of a message is read to find its marker and queue id (its head).

@@ -52,10 +52,11 @@ class InetdSmap:
     connection on fds 0, 1 and 2; with -d the log goes to a file on fd 2."""
 
     def __init__(self, table, argv0="smap", extra_args=(), debug=True, source="127.0.0.1"):
-        with socket.socket() as listener:
-            listener.bind(("127.0.0.1", 0))
+        family = socket.AF_INET6 if ":" in source else socket.AF_INET
+        with socket.socket(family) as listener:
+            listener.bind((source if family == socket.AF_INET6 else "127.0.0.1", 0))
             listener.listen(1)
-            client = socket.create_connection(listener.getsockname(), source_address=(source, 0))
+            client = socket.create_connection(listener.getsockname()[:2], source_address=(source, 0))
             conn, _ = listener.accept()
         args = [argv0, "--config", table, *(["-d"] if debug else []), *extra_args]
         # The log goes to a file: a pipe nobody reads would block smap.

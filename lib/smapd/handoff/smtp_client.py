@@ -39,7 +39,7 @@ import socket
 from dataclasses import dataclass
 from typing import Optional
 
-from smapd.spool import xtext
+from smapd.xtext import xtext
 
 #: Octets of the body read from the spool per write.
 CHUNK = 64 * 1024

@@ -26,6 +26,7 @@ from typing import Callable, List, Optional
 
 from smapd.mailbox import DOMAIN, LITERAL, AddressError, parse as parse_mailbox
 from smapd.smap.sasl import b64decode_strict, decode_plain
+from smapd.xtext import unxtext
 
 MAX_COMMAND = 512          # octets, CRLF included (RFC 5321 4.5.3.1.4)
 
@@ -105,6 +106,17 @@ AUTH_FAILURE_DELAY = 2.0
 #: Commands after which a client must wait for the reply (RFC 2920; RFC
 #: 3207 for STARTTLS: plaintext behind it would be read as if encrypted).
 GROUP_ENDS = ("EHLO", "HELO", "DATA", "QUIT", "STARTTLS")
+
+
+def _auth_param_ok(value) -> bool:
+    """RFC 4954 5: `<>` or an addr-spec, as xtext."""
+    if not value:
+        return False
+    try:
+        unxtext(value)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_path(text: str):
@@ -233,7 +245,14 @@ class Protocol:
         verb = verb.upper()
         handler = getattr(self, "_cmd_" + verb.lower(), None) if verb in COMMANDS else None
         if handler is None:
-            if verb in ("BDAT", "TURN", "ETRN", "ATRN"):
+            if verb == "BDAT":
+                # Its octets follow at once, unframed (RFC 3030): read as
+                # commands they would be a session inside the session.
+                # CHUNKING is never offered, so it ends the session, as
+                # any other framing violation does.
+                return self._close(reply(554, "5.5.1", "Error: BDAT without CHUNKING: closing the connection"),
+                                   "BDAT (CHUNKING is not offered)")
+            if verb in ("TURN", "ETRN", "ATRN"):
                 return self._error(reply(502, "5.5.1", f"Error: {verb} is not implemented"), f"{verb} refused")
             return self._error(reply(500, "5.5.2", "Error: command not recognized"), "unknown command")
         result = handler(arg)
@@ -328,6 +347,13 @@ class Protocol:
                 if value is None or value.upper() not in ("7BIT", "8BITMIME"):
                     return self._error(reply(501, "5.5.4", "Error: bad BODY value"), "bad BODY value")
                 body = value.upper()
+            elif key == "AUTH" and self._auth_offered():
+                # RFC 4954 5: a server that offers AUTH must take the
+                # parameter, from anyone.  Its value (who submitted the
+                # message first) is a claim: checked for syntax, then
+                # dropped; the spool records only this session's login.
+                if not _auth_param_ok(value):
+                    return self._error(reply(501, "5.5.4", "Error: bad AUTH value"), "bad AUTH value")
             else:
                 return self._error(reply(555, "5.5.4", "Error: unsupported MAIL parameter"),
                                    "unsupported MAIL parameter")

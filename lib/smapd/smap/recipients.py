@@ -34,7 +34,7 @@ import os
 from dataclasses import dataclass, field
 
 from smapd.files import read_regular
-from smapd.mailbox import AddressError, parse as parse_mailbox
+from smapd.mailbox import compare_key
 
 #: A bigger file is refused as a whole (OSError EFBIG): it is read into
 #: memory.
@@ -44,11 +44,7 @@ MAX_FILE_BYTES = 64 << 20
 def mailbox_key(address: str):
     """(local, domain) as the map compares them, or None for an address
     the grammar refuses."""
-    try:
-        box = parse_mailbox(address)
-    except AddressError:
-        return None
-    return box.dequoted_local.lower(), box.domain.lower().rstrip(".")
+    return compare_key(address)
 
 
 @dataclass

@@ -26,7 +26,9 @@ The file format (this text is the reference the man page follows):
       only does what the line says.
 
   a word containing `@`: a sender address
-      Compared with the whole MAIL FROM address: `user@example.com`.
+      Compared with the whole MAIL FROM address: `user@example.com`,
+      as the MTA will see it: a quoted local part dequoted
+      (`"spam\\mer"@example.com` is spammer@example.com).
       `*` and `?` are wildcards anywhere: `*@spam.example` (every sender
       at spam.example), `user@*` (user at any domain), `*-bounces@*.example`.
       Before comparing, the domain of the sender and of the entry (the
@@ -98,6 +100,7 @@ from typing import Optional
 from smapd.table.netperm import compile_host_pattern
 from smapd.addresses import client_address
 from smapd.files import read_regular
+from smapd.mailbox import compare_key
 
 #: A bigger file is refused as a whole (OSError EFBIG): the database is
 #: read into memory, and a runaway generator must not exhaust it.
@@ -381,13 +384,18 @@ class SpamDatabase:
             s = s[1:-1]
         if not s:
             return None if self._null is None else self._where(self._null)
-        s = s.lower()
-        local, at, domain = s.rpartition("@")
-        if at:
-            domain = domain.rstrip(".")
-            s = f"{local}@{domain}"
+        key = compare_key(s, sender=True)
+        if key is not None:
+            # As the MTA will see it: "spam\mer"@x is spammer@x.
+            s, domain = f"{key[0]}@{key[1]}", key[1]
         else:
-            domain = None
+            s = s.lower()
+            local, at, domain = s.rpartition("@")
+            if at:
+                domain = domain.rstrip(".")
+                s = f"{local}@{domain}"
+            else:
+                domain = None
         candidates = [self._addresses.get(s)]
         if domain is not None:
             candidates.append(self._domains.get(domain))
