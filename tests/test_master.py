@@ -15,7 +15,7 @@ import pytest
 from support.daemons import Daemon
 from support.programs import command, free_port, nobody_ids, proc_status, wait_for
 from smapd import spool as queue
-from smapd.prefork.scoreboard import BUSY, FREE, IDLE
+from smapd.prefork.scoreboard import BUSY, FREE, IDLE, STOPPING
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the master binds, chroots and drops privileges as root")
 
@@ -178,6 +178,30 @@ def test_maxperhost(daemon):
     d.syslog.wait(r"refused: too many connections from this host \(maxperhost 2\)")
     transaction(first)
     wait_for(lambda: d.count(BUSY) == 1, what="the first session's slot to be free")
+    fourth = d.connect()
+    assert fourth.reply()[0] == 220
+    transaction(fourth)
+    transaction(second)
+
+
+def test_maxperhost_counts_sessions_of_old_children_after_a_reload(daemon):
+    """After HUP the children that are in a session finish it as
+    'stopping' (an older generation): they still count for maxperhost,
+    or one address would hold twice the limit after each reload."""
+    d = daemon("smap: minspare 4\nsmap: maxspare 6\nsmap: maxperhost 2\n")
+    d.wait_idle(4)
+    first, second = d.connect(), d.connect()
+    assert first.reply()[0] == 220 and second.reply()[0] == 220
+    d.signal(signal.SIGHUP)
+    d.syslog.wait(r"reloaded: listening on")
+    wait_for(lambda: d.count(STOPPING) == 2, what="the two sessions to be in stopping children")
+    third = d.connect()
+    code, lines = third.reply()
+    assert code == 421 and lines[0].startswith("421 4.7.0"), lines
+    assert third.closed()
+    transaction(first)
+    wait_for(lambda: d.count(STOPPING) == 1 and d.count(BUSY) == 0,
+             what="the first old child and the refusing one to be done")
     fourth = d.connect()
     assert fourth.reply()[0] == 220
     transaction(fourth)

@@ -185,15 +185,20 @@ class Scoreboard:
         return raw.rstrip(b"\0").decode("ascii", "replace")
 
     def sessions_from(self, address: str) -> int:
-        """Slots busy with a client at `address` (the caller's own included)."""
+        """Slots in a session with a client at `address` (the caller's own
+        included): busy, or stopping (a child of an older generation,
+        after a reload, that finishes its session: still a session the
+        client holds)."""
         states = self.states()
         want = address.encode("ascii", "replace")[:45]
-        n, i = 0, states.find(BUSY)
-        while i >= 0:
-            raw = struct.unpack_from("46s", self.mm, self._records + i * SLOT_SIZE + 28)[0]
-            if raw.rstrip(b"\0") == want:
-                n += 1
-            i = states.find(BUSY, i + 1)
+        n = 0
+        for state in (BUSY, STOPPING):
+            i = states.find(state)
+            while i >= 0:
+                raw = struct.unpack_from("46s", self.mm, self._records + i * SLOT_SIZE + 28)[0]
+                if raw.rstrip(b"\0") == want:
+                    n += 1
+                i = states.find(state, i + 1)
         return n
 
     def slot(self, i: int) -> Slot:
