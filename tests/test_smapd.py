@@ -507,3 +507,41 @@ def test_what_cannot_be_moved_is_left_alone_not_retried_in_a_loop(env):
     env.queue()
     wait_for(lambda: env.spooled() == ["smaROOTDIR1"], what="the other message to go")
     assert env.log(p).count("id=ROOTDIR1 cannot move to") == 1
+
+
+def as_jailed_uid(cwd, code):
+    """Python `code` run in `cwd` as smap's jailed uid: what a compromised
+    smap child can do to the spool."""
+    uid, gid = nobody_ids()
+
+    def drop():
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    subprocess.run(["/usr/bin/python3", "-c", code], cwd=cwd, preexec_fn=drop, check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="plants as the jailed uid: needs root")
+def test_a_bad_symlink_planted_as_the_jailed_uid_is_never_followed(env, public_tmp):
+    outside = public_tmp / "outside"
+    outside.mkdir()
+    os.chown(outside, *nobody_ids())   # writable by smapd: only the link check keeps files out
+    p = env.start()
+    as_jailed_uid(env.spool, f"import os; os.rename('bad', 'bad.old'); os.symlink({str(outside)!r}, 'bad')")
+    env.plant("smaPLANTED1", b"FROM <a@x.example>\nRCPT <b@y.example>\n")   # corrupt: for bad/
+    os.write(os.open(env.spool / ".trigger", os.O_WRONLY | os.O_NONBLOCK), b"x")
+    wait_for(lambda: "id=PLANTED1 cannot move to" in env.log(p), what=f"the refusal: {env.log(p)}")
+    assert "symbolic link" in env.log(p)
+    assert os.listdir(outside) == []
+    assert "smaPLANTED1" in env.spooled()        # kept, with its last error
+    assert "moved to" not in env.log(p)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="plants as the jailed uid: needs root")
+def test_smapd_refuses_to_start_with_a_bad_symlink(env, public_tmp):
+    as_jailed_uid(env.spool, f"import os; os.rmdir('bad'); os.symlink({str(public_tmp)!r}, 'bad')")
+    r = subprocess.run([command("smapd"), "-d", "--config", str(env.table)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 1
+    assert f"baddir {env.bad} " in r.stderr and "cannot be used: it is a symbolic link (never followed)" in r.stderr, \
+        r.stderr

@@ -20,7 +20,7 @@ import os
 import sys
 
 from smapd import log as slog
-from smapd.handoff import runner
+from smapd.handoff import deliver, runner
 from smapd.prefork.privsep import EXIT_BOOT, PrivsepError, enter_jail, resolve_ids
 from smapd.prefork.pidfile import PidFile
 from smapd.exits import EXIT_RUNTIME
@@ -75,13 +75,19 @@ def main(settings, prog: str, name: str, table: str, debug: bool, allow_root: bo
         logger.warning("not started as root: delivering as uid %d", os.geteuid())
     try:
         os.chdir(spool)
-        bad = os.stat(settings["baddir"])
     except OSError as e:
-        logger.error("cannot use the spool %s or its baddir: %s", spool, e.strerror)
+        logger.error("cannot use the spool %s: %s", spool, e.strerror)
         return EXIT_RUNTIME
-    # Files go to bad/ by link and unlink: it must be on the spool's file
+    # Files go to bad/ by link and unlink: it must be a directory (never a
+    # symbolic link: deliver.open_baddir says why) on the spool's file
     # system, and writable, or a refused message would be retried forever.
-    if bad.st_dev != os.stat(".").st_dev or not os.access(settings["baddir"], os.W_OK | os.X_OK):
+    try:
+        os.close(deliver.open_baddir(settings["baddir"]))
+        writable = os.access(settings["baddir"], os.W_OK | os.X_OK)
+    except OSError as e:
+        logger.error("baddir %s (%s) cannot be used: %s", settings["baddir"], settings.where("baddir"), e.strerror)
+        return EXIT_RUNTIME
+    if not writable:
         logger.error("baddir %s (%s) must be a writable directory on the file system of the spool %s",
                      settings["baddir"], settings.where("baddir"), spool)
         return EXIT_RUNTIME

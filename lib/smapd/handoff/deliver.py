@@ -188,36 +188,76 @@ def claim(name: str):
     return Claim(name, fd, ro)
 
 
-def _move(src: str, directory: str) -> str:
-    """Move `src` into `directory` without replacing anything there (link,
-    then unlink: an existing name gets a suffix .1, .2...); returns the
-    new path.  Both must be on one file system (checked at start-up)."""
-    target = os.path.join(directory, os.path.basename(src))
-    for n in range(100):
-        try:
-            if os.path.isdir(src) and not os.path.islink(src):
-                if os.path.lexists(target):
-                    raise FileExistsError(errno.EEXIST, "exists", target)
-                os.rename(src, target)  # a directory cannot be linked
-                break
+class BadDirUnsafe(OSError):
+    """baddir is not the directory it must be (a symbolic link, or on
+    another file system): nothing is moved into it."""
+
+
+def open_baddir(baddir: str) -> int:
+    """A descriptor of `baddir`, opened without following a symbolic link
+    in its last component: whoever runs as smap's jailed uid can write the
+    spool, and so replace bad/ by a link out of it, where smapd (not
+    jailed) would then put files of the attacker's choosing.  Must be a
+    directory on the spool's file system (a move is a link and an
+    unlink).  Opened afresh for each move, so a swap after the start is
+    caught too.  BadDirUnsafe says why not."""
+    try:
+        fd = os.open(baddir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ENOTDIR, errno.ELOOP) and os.path.islink(baddir):
+            raise BadDirUnsafe(e.errno, "it is a symbolic link (never followed)") from None
+        raise
+    if os.fstat(fd).st_dev != os.stat(".").st_dev:
+        os.close(fd)
+        raise BadDirUnsafe(errno.EXDEV, "it is not on the spool's file system")
+    return fd
+
+
+def _move(src: str, baddir: str) -> str:
+    """Move `src` (a name in the spool, smapd's working directory) into
+    `baddir` without replacing anything there (link, then unlink: an
+    existing name gets a suffix .1, .2...); returns the new path.  Every
+    step is relative to the two directories' descriptors, never through
+    a path that could have been swapped meanwhile."""
+    dst = open_baddir(baddir)
+    try:
+        name = os.path.basename(src)
+        target = name
+        for n in range(100):
             try:
-                os.link(src, target, follow_symlinks=False)
-            except PermissionError:
-                # protected_hardlinks: a file of another owner cannot be
-                # linked; rename it, having made sure the name is free.
-                if os.path.lexists(target):
-                    raise FileExistsError(errno.EEXIST, "exists", target) from None
-                os.rename(src, target)
+                st = os.lstat(src)
+                if stat.S_ISDIR(st.st_mode):
+                    _lexists_in(dst, target)
+                    os.rename(src, target, dst_dir_fd=dst)  # a directory cannot be linked
+                    break
+                try:
+                    os.link(src, target, dst_dir_fd=dst, follow_symlinks=False)
+                except PermissionError:
+                    # protected_hardlinks: a file of another owner cannot be
+                    # linked; rename it, having made sure the name is free.
+                    _lexists_in(dst, target)
+                    os.rename(src, target, dst_dir_fd=dst)
+                    break
+                os.unlink(src)
                 break
-            os.unlink(src)
-            break
-        except FileExistsError:
-            target = os.path.join(directory, f"{os.path.basename(src)}.{n + 1}")
-    else:
-        raise OSError(errno.EEXIST, "too many files of that name", target)
-    fsync_dir(directory)
-    fsync_dir(os.path.dirname(src) or ".")
-    return target
+            except FileExistsError:
+                target = f"{name}.{n + 1}"
+        else:
+            raise OSError(errno.EEXIST, "too many files of that name", os.path.join(baddir, target))
+        fsync_dir(dst)
+        fsync_dir(".")
+    finally:
+        os.close(dst)
+    return os.path.join(baddir, target)
+
+
+def _lexists_in(dir_fd: int, name: str) -> None:
+    """FileExistsError when `name` exists in the directory `dir_fd`."""
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    raise FileExistsError(errno.EEXIST, "exists", name)
 
 
 def move_to_bad(c: Claim, ctx: DeliverySettings, why: str) -> None:
