@@ -72,6 +72,9 @@ def test_master_is_the_only_root_process_and_children_are_jailed(daemon):
         assert st["Gid"].split() == [str(gid)] * 4
         assert st["Groups"].split() == [str(gid)]
         assert st["CapEff"] == "0000000000000000" and st["CapPrm"] == "0000000000000000"
+        # Nothing can come back through an exec: no bounding set, no_new_privs.
+        assert st["CapBnd"] == "0000000000000000" and st["CapAmb"] == "0000000000000000"
+        assert st["NoNewPrivs"] == "1"
         assert os.readlink(f"/proc/{pid}/root") == str(d.spool)
         assert os.readlink(f"/proc/{pid}/cwd") == str(d.spool)
         # Every path the child opens resolves under its root, the spool:

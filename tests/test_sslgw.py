@@ -137,6 +137,7 @@ def test_imap_and_pop3_through_ssl_gw(gw, dovecot, pki, public_tmp):
     assert all(proc_status(k)["Uid"].split()[0] == uid[0] != "0" for k in kids)
     assert all(os.readlink(f"/proc/{k}/root") == str(jail) for k in kids)
     assert all(proc_status(k)["Groups"].split() == [proc_status(k)["Gid"].split()[0]] for k in kids)
+    assert all(proc_status(k)["CapBnd"] == "0000000000000000" and proc_status(k)["NoNewPrivs"] == "1" for k in kids)
     typ, data = m.fetch("1", "(BODY[])")
     assert data[0][1] == MESSAGE.replace("\n", "\r\n").encode()
     m.logout()

@@ -172,6 +172,7 @@ def test_child_is_jailed_as_uid_99_without_groups(deployment):
         assert st["Gid"].split() == [str(REF_GID)] * 4
         assert st["Groups"].split() == [str(REF_GID)]
         assert st["CapEff"] == "0000000000000000"
+        assert st["CapBnd"] == "0000000000000000" and st["NoNewPrivs"] == "1"
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             assert os.path.basename(f.read().split(b"\0")[1]) == b"smmap"
     finally:

@@ -67,7 +67,9 @@ def main(settings, prog: str, name: str, table: str, debug: bool, allow_root: bo
         pidfile.write()
     if os.geteuid() == 0:
         try:
-            enter_jail(None, uid, gid, allow_root)
+            # Not confined: the MTA's sendmail may need its setgid bit
+            # (Postfix's postdrop), which no_new_privs would ignore.
+            enter_jail(None, uid, gid, allow_root, confine=False)
         except PrivsepError as e:
             logger.error("%s", str(e))
             return EXIT_BOOT

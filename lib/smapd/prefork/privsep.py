@@ -2,9 +2,14 @@
 
 What it does: resolves `userid`/`groupid` (names or numbers) while the
 account database is still reachable, then `chroot(directory)`,
-`chdir("/")`, `setgroups([gid])`, `setgid(gid)`, `setuid(uid)`, and
-verifies the result: real and effective ids, the group list, and that
-`setuid(0)` now fails.  Any difference is a `PrivsepError`; the caller
+`chdir("/")`, empties the capability bounding set and the ambient set,
+`setgroups([gid])`, `setgid(gid)`, `setuid(uid)`, sets no_new_privs
+(prctl(2): no exec can give back a privilege, setuid or file
+capabilities alike), and verifies the result: real and effective ids,
+the group list, the bounding set, no_new_privs, and that `setuid(0)` now
+fails.  smapd, which runs the MTA's sendmail (Postfix's postdrop is
+setgid), is dropped to its ids without the two prctl(2) steps
+(`confine=False`).  Any difference is a `PrivsepError`; the caller
 exits with EXIT_BOOT so that a master can tell a child that failed to
 boot from one that failed at work.
 
@@ -75,31 +80,78 @@ def jail_for(settings, allow_root: bool = False):
     return settings["directory"], uid, gid
 
 
-def enter_jail(directory, uid: int, gid: int, allow_root: bool = False) -> None:
+# prctl(2) options (linux/prctl.h).
+PR_CAPBSET_READ, PR_CAPBSET_DROP = 23, 24
+PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS = 38, 39
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+
+
+class _Prctl:
+    """prctl(2) through the C library already in the process (ctypes is
+    loaded before the chroot: the jail has no libraries)."""
+
+    def __init__(self):
+        import ctypes
+        self._ctypes = ctypes
+        self._call = ctypes.CDLL(None, use_errno=True).prctl
+        self._call.restype = ctypes.c_int
+        self._call.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            self.last_cap = int(f.read())
+
+    def __call__(self, option: int, arg: int = 0, what: str = "prctl") -> int:
+        r = self._call(option, arg, 0, 0, 0)
+        if r < 0:
+            e = self._ctypes.get_errno()
+            raise OSError(e, f"{what}: {os.strerror(e)}")
+        return r
+
+
+def enter_jail(directory, uid: int, gid: int, allow_root: bool = False, confine: bool = True) -> None:
     """chroot to `directory` (None: no chroot, chdir only) and become
-    uid/gid with no other group.  Must be called as root."""
+    uid/gid with no other group; with `confine`, also with an empty
+    capability bounding set and no_new_privs.  Must be called as root."""
     if (uid == 0 or gid == 0) and not allow_root:
         raise PrivsepError(f"refusing to run as uid {uid}, gid {gid}: root is what the jail is for")
     try:
+        prctl = _Prctl() if confine else None
         if directory:
             os.chroot(directory)
         os.chdir("/")
+        if prctl:
+            # While still root (dropping needs CAP_SETPCAP): no capability
+            # can come back, not even through a setuid-root program.
+            for cap in range(prctl.last_cap + 1):
+                prctl(PR_CAPBSET_DROP, cap, "dropping the capability bounding set")
+            try:
+                prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+            except OSError:
+                pass   # a kernel before 4.3 has no ambient set to clear
         os.setgroups([gid])
         os.setgid(gid)
         os.setuid(uid)
+        if prctl:
+            prctl(PR_SET_NO_NEW_PRIVS, 1, "setting no_new_privs")
     except OSError as e:
         raise PrivsepError(f"cannot enter the jail {directory or '/'} as {uid}:{gid}: {e.strerror}") from None
-    verify(uid, gid)
+    verify(uid, gid, prctl)
 
 
-def verify(uid: int, gid: int) -> None:
+def verify(uid: int, gid: int, prctl: _Prctl = None) -> None:
     """The process is uid/gid with only gid as its group, and cannot get
-    root back."""
+    root back; with `prctl`, its bounding set is empty and no_new_privs
+    is set."""
     got = os.getresuid() + os.getresgid()  # real, effective and saved
     if got != (uid, uid, uid, gid, gid, gid):
         raise PrivsepError(f"ids are {got}, expected {(uid,) * 3 + (gid,) * 3}")
     if set(os.getgroups()) - {gid}:
         raise PrivsepError(f"supplementary groups {os.getgroups()} kept")
+    if prctl:
+        kept = [cap for cap in range(prctl.last_cap + 1) if prctl(PR_CAPBSET_READ, cap)]
+        if kept:
+            raise PrivsepError(f"capabilities {kept} kept in the bounding set")
+        if prctl(PR_GET_NO_NEW_PRIVS) != 1:
+            raise PrivsepError("no_new_privs is not set")
     if uid != 0:
         try:
             os.setuid(0)
