@@ -212,3 +212,51 @@ def test_address_literals_one_rule_for_mail_and_rcpt(smap_table, spool, smap, li
     assert (code == 250) == ok, lines
     if not ok:
         assert code == 501 and "address literal" in lines[0], lines
+
+
+# ------------------------------------------- AUTH failures across sessions
+
+def _plain(user, password):
+    import base64
+    return base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode()).decode()
+
+
+def test_auth_guesses_from_parallel_connections_stop_at_the_limit(daemon, tmp_path):
+    import hashlib
+    import socket
+    import threading
+    from support.smtp import Smtp
+    pw = tmp_path / "passwords"
+    pw.write_text(f"alice:{hashlib.md5(b'wonderland').hexdigest()}\n")
+    os.chmod(pw, 0o600)
+    d = daemon(f"smap: auth plain\nsmap: auth-requires-tls no\nsmap: md5file {pw}\nsmap: auth-failures-max 10\n"
+               "smap: maxchildren 30\nsmap: minspare 12\nsmap: maxspare 20\nsmap: maxperhost 20\n")
+    d.wait_idle(12, at_least=True)
+    codes, lock = [], threading.Lock()
+
+    def guesser(n):
+        s = d.connect()
+        greet(s)
+        for i in range(20):   # 10 connections x 20 guesses: 200
+            code, lines = s.cmd(f"AUTH PLAIN {_plain('alice', f'guess-{n}-{i}')}")
+            with lock:
+                codes.append(code)
+        s.cmd("QUIT")
+    threads = [threading.Thread(target=guesser, args=(n,)) for n in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(codes) == 200 and set(codes) <= {535, 454}, codes
+    # At the limit, give or take the guesses already in flight in the
+    # other connections when it was reached.
+    assert 10 <= codes.count(535) < 10 + 10, codes
+    d.syslog.wait(r"AUTH refused: \d+ AUTH failures from this address in 600s \(auth-failures-max 10\)")
+    # The right password from that address is refused too, for now (454,
+    # never 535: nothing was checked); from another address it works.
+    s = d.connect()
+    greet(s)
+    assert s.cmd(f"AUTH PLAIN {_plain('alice', 'wonderland')}")[0] == 454
+    other = Smtp(socket.create_connection(("127.0.0.1", d.port), source_address=("127.0.0.2", 0), timeout=30))
+    greet(other)
+    assert other.cmd(f"AUTH PLAIN {_plain('alice', 'wonderland')}")[0] == 235

@@ -38,7 +38,6 @@ children that keep listening.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import gc
 import logging
@@ -55,7 +54,7 @@ from smapd import log as slog
 from smapd.table.netperm import ConfigError
 from smapd.addresses import client_address
 from smapd.prefork.pidfile import PidFile
-from smapd.prefork.privsep import EXIT_BOOT, PrivsepError, enter_jail, jail_for
+from smapd.prefork.privsep import EXIT_BOOT, PR_SET_PDEATHSIG, PrivsepError, enter_jail, jail_for, prctl
 from smapd.exits import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, Unusable
 from smapd.prefork.scoreboard import BUSY, IDLE, STARTING, STOPPING, Scoreboard
 
@@ -178,19 +177,13 @@ def bind(spec: ListenSpec) -> list:
 # ----------------------------------------------------------------------
 # The child.
 
-_libc = None
-
-
 def _parent_death_signal(signum: int) -> None:
     """Linux: have the kernel send `signum` when the master dies.  Set
     after the privilege drop, which clears it."""
-    global _libc
     if not sys.platform.startswith("linux"):
         return
     try:
-        if _libc is None:
-            _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.prctl(1, signum, 0, 0, 0)  # PR_SET_PDEATHSIG
+        prctl(PR_SET_PDEATHSIG, signum)
     except (OSError, AttributeError):
         pass
 
@@ -219,6 +212,13 @@ class Child:
 
     def sessions_from(self, addr: str) -> int:
         return self.board.sessions_from(addr)
+
+    def auth_failed(self, addr: str, window: float) -> None:
+        self.board.auth_failed(self.slot, addr, window)
+
+    def auth_failures(self, addr: str, window: float) -> int:
+        """Over every child of the pool (the scoreboard)."""
+        return self.board.auth_failures(addr, window)
 
     # --- signals
     def _on_term(self, *a):

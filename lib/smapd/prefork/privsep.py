@@ -81,30 +81,36 @@ def jail_for(settings, allow_root: bool = False):
 
 
 # prctl(2) options (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
 PR_CAPBSET_READ, PR_CAPBSET_DROP = 23, 24
 PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS = 38, 39
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 
+_libc = None
 
-class _Prctl:
-    """prctl(2) through the C library already in the process (ctypes is
-    loaded before the chroot: the jail has no libraries)."""
 
-    def __init__(self):
+def prctl(option: int, arg: int = 0, what: str = "prctl") -> int:
+    """prctl(2) through the C library already in the process (loaded at
+    the first call: call it once before a chroot, the jail has no
+    libraries); OSError names `what`."""
+    global _libc
+    if _libc is None:
         import ctypes
-        self._ctypes = ctypes
-        self._call = ctypes.CDLL(None, use_errno=True).prctl
-        self._call.restype = ctypes.c_int
-        self._call.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            self.last_cap = int(f.read())
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl.restype = ctypes.c_int
+        libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+        _libc = (libc.prctl, ctypes.get_errno)
+    call, get_errno = _libc
+    r = call(option, arg, 0, 0, 0)
+    if r < 0:
+        e = get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+    return r
 
-    def __call__(self, option: int, arg: int = 0, what: str = "prctl") -> int:
-        r = self._call(option, arg, 0, 0, 0)
-        if r < 0:
-            e = self._ctypes.get_errno()
-            raise OSError(e, f"{what}: {os.strerror(e)}")
-        return r
+
+def _last_cap() -> int:
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
 
 
 def enter_jail(directory, uid: int, gid: int, allow_root: bool = False, confine: bool = True) -> None:
@@ -114,14 +120,17 @@ def enter_jail(directory, uid: int, gid: int, allow_root: bool = False, confine:
     if (uid == 0 or gid == 0) and not allow_root:
         raise PrivsepError(f"refusing to run as uid {uid}, gid {gid}: root is what the jail is for")
     try:
-        prctl = _Prctl() if confine else None
+        last_cap = None
+        if confine:
+            last_cap = _last_cap()           # /proc and libc: not in the jail
+            prctl(PR_GET_NO_NEW_PRIVS)
         if directory:
             os.chroot(directory)
         os.chdir("/")
-        if prctl:
+        if confine:
             # While still root (dropping needs CAP_SETPCAP): no capability
             # can come back, not even through a setuid-root program.
-            for cap in range(prctl.last_cap + 1):
+            for cap in range(last_cap + 1):
                 prctl(PR_CAPBSET_DROP, cap, "dropping the capability bounding set")
             try:
                 prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
@@ -130,24 +139,24 @@ def enter_jail(directory, uid: int, gid: int, allow_root: bool = False, confine:
         os.setgroups([gid])
         os.setgid(gid)
         os.setuid(uid)
-        if prctl:
+        if confine:
             prctl(PR_SET_NO_NEW_PRIVS, 1, "setting no_new_privs")
     except OSError as e:
         raise PrivsepError(f"cannot enter the jail {directory or '/'} as {uid}:{gid}: {e.strerror}") from None
-    verify(uid, gid, prctl)
+    verify(uid, gid, last_cap)
 
 
-def verify(uid: int, gid: int, prctl: _Prctl = None) -> None:
+def verify(uid: int, gid: int, last_cap: int = None) -> None:
     """The process is uid/gid with only gid as its group, and cannot get
-    root back; with `prctl`, its bounding set is empty and no_new_privs
-    is set."""
+    root back; with `last_cap` (the kernel's highest capability), its
+    bounding set is empty and no_new_privs is set."""
     got = os.getresuid() + os.getresgid()  # real, effective and saved
     if got != (uid, uid, uid, gid, gid, gid):
         raise PrivsepError(f"ids are {got}, expected {(uid,) * 3 + (gid,) * 3}")
     if set(os.getgroups()) - {gid}:
         raise PrivsepError(f"supplementary groups {os.getgroups()} kept")
-    if prctl:
-        kept = [cap for cap in range(prctl.last_cap + 1) if prctl(PR_CAPBSET_READ, cap)]
+    if last_cap is not None:
+        kept = [cap for cap in range(last_cap + 1) if prctl(PR_CAPBSET_READ, cap)]
         if kept:
             raise PrivsepError(f"capabilities {kept} kept in the bounding set")
         if prctl(PR_GET_NO_NEW_PRIVS) != 1:

@@ -6,7 +6,10 @@ the privilege drop, without reopening anything), laid out as a header,
 a byte array of slot states (counted at C speed: `idle()` is one
 `bytes.count`), and fixed-size slot records: pid, generation, state
 change time, connections served, the client's address and the SMTP
-stage.  `smapctl stats` maps the same file read-only and prints it.
+stage, and the child's last AUTH failures by client address (so that
+smap counts a password guesser's failures across sessions and children:
+each child writes only its own slot, every child reads them all).
+`smapctl stats` maps the same file read-only and prints it.
 
 What it trusts: nothing a child writes.  A child has talked to the
 Internet; the master uses the states only to count idle children, keeps
@@ -26,14 +29,17 @@ import struct
 import time
 from dataclasses import dataclass
 
-MAGIC = b"SMAPSB01"
+MAGIC = b"SMAPSB02"
 # magic, slots, master pid, generation, started, retired connections
 _HEADER = struct.Struct("<8sIiIdQ")
 HEADER_SIZE = 64
 # pid, generation, since, started, served, address, stage
 _SLOT = struct.Struct("<iIddI46s16s")
-SLOT_SIZE = 96
-assert _HEADER.size <= HEADER_SIZE and _SLOT.size <= SLOT_SIZE
+# After it, FAIL_RECORDS of: client address, AUTH failures, the last one's time.
+_FAIL = struct.Struct("<46sId")
+FAIL_OFFSET, FAIL_SIZE, FAIL_RECORDS = 96, 64, 4
+SLOT_SIZE = FAIL_OFFSET + FAIL_SIZE * FAIL_RECORDS
+assert _HEADER.size <= HEADER_SIZE and _SLOT.size <= FAIL_OFFSET and _FAIL.size <= FAIL_SIZE
 
 FREE, STARTING, IDLE, BUSY, STOPPING = b".", b"S", b"_", b"W", b"G"
 STATE_NAMES = {FREE: "free", STARTING: "starting", IDLE: "idle", BUSY: "busy", STOPPING: "stopping"}
@@ -200,6 +206,38 @@ class Scoreboard:
                     n += 1
                 i = states.find(state, i + 1)
         return n
+
+    def auth_failed(self, i: int, address: str, window: float, now: float = None) -> None:
+        """A child: one more AUTH failure from `address`, in its own slot
+        (one writer per record: no lock).  The address's record if it has
+        one, else the oldest of the slot's records is taken over."""
+        now = time.time() if now is None else now
+        want = address.encode("ascii", "replace")[:45]
+        base = self._records + i * SLOT_SIZE + FAIL_OFFSET
+        oldest, oldest_at = 0, None
+        for r in range(FAIL_RECORDS):
+            addr, n, last = _FAIL.unpack_from(self.mm, base + r * FAIL_SIZE)
+            if addr.rstrip(b"\0") == want:
+                _FAIL.pack_into(self.mm, base + r * FAIL_SIZE, want, (n if now - last <= window else 0) + 1, now)
+                return
+            if oldest_at is None or last < oldest_at:
+                oldest, oldest_at = r, last
+        _FAIL.pack_into(self.mm, base + oldest * FAIL_SIZE, want, 1, now)
+
+    def auth_failures(self, address: str, window: float, now: float = None) -> int:
+        """AUTH failures from `address` over every slot, counting a record
+        whose last failure is at most `window` seconds old.  A record
+        outlives its child: the master's claim of a slot keeps it."""
+        now = time.time() if now is None else now
+        want = address.encode("ascii", "replace")[:45]
+        total = 0
+        for i in range(self.slots):
+            base = self._records + i * SLOT_SIZE + FAIL_OFFSET
+            for r in range(FAIL_RECORDS):
+                addr, n, last = _FAIL.unpack_from(self.mm, base + r * FAIL_SIZE)
+                if n and now - last <= window and addr.rstrip(b"\0") == want:
+                    total += n
+        return total
 
     def slot(self, i: int) -> Slot:
         pid, gen, since, started, served, addr, stage = _SLOT.unpack_from(self.mm, self._records + i * SLOT_SIZE)

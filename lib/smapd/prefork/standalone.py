@@ -66,6 +66,14 @@ class One:
     def sessions_from(self, addr: str) -> int:
         return 1  # this one
 
+    # No pool, no scoreboard: a session's AUTH failures are its own
+    # (errors-max ends it), none are counted across connections.
+    def auth_failed(self, addr: str, window: float) -> None:
+        pass
+
+    def auth_failures(self, addr: str, window: float) -> int:
+        return 0
+
 
 def serve_one(service, settings, allow_root: bool = False, tag=None, problems=()) -> int:
     """Serve the connection on fd 0 with `service` (master.Service); the

@@ -171,6 +171,9 @@ class Protocol:
         self._auth: Optional[tuple] = None
         #: Checks a user name and password (bytes): the policy's, set by the session.
         self.verify_password: Optional[Callable] = None
+        #: Why AUTH is refused to this client for now (too many failures
+        #: from its address, over its sessions), or None: set by the session.
+        self.auth_blocked: Optional[Callable] = None
         #: Hooks for the policy checks of later issues: each returns None
         #: to go on or a Reply that refuses (with the log reason second).
         self.check_sender: Optional[Callable] = None
@@ -485,6 +488,12 @@ class Protocol:
         if not self._auth_offered():
             return self._error(reply(538, "5.7.11", "Error: encryption required for authentication (STARTTLS)"),
                                "AUTH on a plain channel")
+        blocked = self.auth_blocked() if self.auth_blocked is not None else None
+        if blocked:
+            # A 4xx: the client may be a real user behind a guesser's
+            # address; no password is looked at, no error is charged.
+            return Result([reply(454, "4.7.0", "Error: too many failed authentications from your address, "
+                                 "try again later")], log=[f"AUTH refused: {blocked}"])
         words = arg.split(" ")
         mechanism = words[0].lower()
         if mechanism not in self.settings.auth or len(words) > 2 or not mechanism:

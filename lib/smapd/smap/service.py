@@ -110,13 +110,36 @@ def policy_setup(settings, resolver):
 
 
 def run_session(sock, proto: Protocol, settings, spool_dir: str, name: str, addr: str, observer=None,
-                tls_context=None, smtps: bool = False, setup=None) -> None:
+                tls_context=None, smtps: bool = False, setup=None, child=None) -> None:
     if setup is not None:
         from smapd.smap import policy
         policy.new_session(setup, addr, name, spool_dir).hooks(proto)
+    if child is not None and proto.verify_password is not None:
+        count_auth_failures(proto, child, addr, settings["auth-failures-max"], settings["auth-failures-window"])
     tls = TlsSetup(tls_context, on_connect=smtps) if tls_context is not None else None
     Session(sock, proto, limits(settings), spool_dir, settings["hostname"], name, addr,
             greet_delay=settings["greet-delay"], observer=observer, tls=tls).serve()  # closes the connection
+
+
+def count_auth_failures(proto: Protocol, child, addr: str, limit: int, window: int) -> None:
+    """A failed AUTH counts for the client's address over every session
+    of the pool (the child's scoreboard), so that parallel connections
+    and many sessions do not multiply a guesser's tries; at `limit`
+    within `window` seconds, AUTH gets 454 4.7.0 before any password is
+    looked at."""
+    verify = proto.verify_password
+
+    def counted(user, password):
+        ok = verify(user, password)
+        if not ok:
+            child.auth_failed(addr, window)
+        return ok
+
+    def blocked():
+        n = child.auth_failures(addr, window)
+        return f"{n} AUTH failures from this address in {window}s (auth-failures-max {limit})" if n >= limit else None
+    proto.verify_password = counted
+    proto.auth_blocked = blocked
 
 
 # ----------------------------------------------------------------------
@@ -193,7 +216,7 @@ class SmapService:
         proto = Protocol(protocol_settings(s), name, addr)
         if admitted(s, proto, conn, name, addr):
             run_session(conn, proto, s, prepared.spool_dir, name, addr, observer=child.stage,
-                        tls_context=prepared.tls_context, smtps=tag == "smtps", setup=prepared.setup)
+                        tls_context=prepared.tls_context, smtps=tag == "smtps", setup=prepared.setup, child=child)
 
 
 def daemon_main(settings, prog: str, name: str, table: str, args) -> int:

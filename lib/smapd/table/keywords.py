@@ -526,6 +526,11 @@ _DECLARATIONS = [
     Keyword(SMAP, "auth", ChoiceList("login", "plain"), (), "SMTP AUTH mechanisms offered"),
     Keyword(SMAP, "md5file", Path("secret"), None, "the password file of SMTP AUTH (user:md5hex, or the salted form)"),
     Keyword(SMAP, "auth-requires-tls", Bool(), True, "offer and accept AUTH only inside TLS (538 5.7.11 otherwise)"),
+    Keyword(SMAP, "auth-failures-max", Int(1, 100000), 20,
+            "smap -daemon: AUTH failures one client address may have within auth-failures-window, over all its "
+            "sessions; beyond, AUTH gets 454 4.7.0 until the window has passed since its last failure"),
+    Keyword(SMAP, "auth-failures-window", Int(1, 86400, "SECONDS"), 600,
+            "how long an AUTH failure counts for auth-failures-max"),
     Keyword(SMAP, "ssl", Path("pem", "PEM"), None, "PEM file with key and certificate: enables STARTTLS and smtps"),
     Keyword(SMAP, "ssl-auth", Choice("none", "optional", "required"), "none",
             "client certificates: not asked for, asked for, or required; a verified one may relay and skips the "
