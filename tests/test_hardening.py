@@ -260,3 +260,60 @@ def test_auth_guesses_from_parallel_connections_stop_at_the_limit(daemon, tmp_pa
     other = Smtp(socket.create_connection(("127.0.0.1", d.port), source_address=("127.0.0.2", 0), timeout=30))
     greet(other)
     assert other.cmd(f"AUTH PLAIN {_plain('alice', 'wonderland')}")[0] == 235
+
+
+# ------------------------------------------------ slow clients and stress
+
+def _idle_connections(port, sources, each):
+    """`each` connections from every source address, left silent; connect
+    without waiting (most wait in the listen backlog)."""
+    import socket
+    out = []
+    for src in sources:
+        for _ in range(each):
+            s = socket.socket()
+            s.bind((src, 0))
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            out.append(s)
+    return out
+
+
+def test_a_slow_client_flood_leaves_room_for_a_real_client(daemon):
+    """300 silent connections from 30 addresses of one /24 against 50
+    children: maxpernet (30 by default) keeps the flood to 30 sessions,
+    and a client from another network is served at once."""
+    import socket
+    import time
+    from support.smtp import Smtp
+    d = daemon("smap: maxchildren 50\n")
+    flood = _idle_connections(d.port, [f"127.0.0.{i}" for i in range(1, 31)], 10)
+    try:
+        t0 = time.monotonic()
+        s = Smtp(socket.create_connection(("127.0.0.1", d.port), source_address=("127.0.1.1", 0), timeout=30))
+        greet(s)
+        send_message(s)
+        assert time.monotonic() - t0 < 10
+        d.syslog.wait(r"refused: too many connections from this network \(maxpernet 30\)")
+        from smapd.prefork.scoreboard import BUSY, STOPPING
+        assert d.count(BUSY) + d.count(STOPPING) <= 30 + 1
+    finally:
+        for c in flood:
+            c.close()
+
+
+def test_under_stress_idle_sessions_get_the_short_time_out(daemon):
+    import time
+    d = daemon("smap: maxchildren 10\nsmap: minspare 2\nsmap: maxspare 10\nsmap: maxperhost 100\n"
+               "smap: maxpernet 100\nsmap: stress-timeout 2\n")
+    idle = [d.connect() for _ in range(9)]
+    for s in idle:
+        assert s.reply()[0] == 220   # in a session, then silent
+    d.syslog.wait(r"stress: \d+ of 10 children busy")
+    t0 = time.monotonic()
+    for s in idle:
+        code, lines = s.reply()
+        assert code == 421 and "timeout exceeded (under stress)" in lines[-1], lines
+    # The short limit (2 s, seen within a second), not the 300 s of timeout.
+    assert time.monotonic() - t0 < 8
+    d.syslog.wait(r"stress over: \d+ of 10 children busy")

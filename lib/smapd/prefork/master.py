@@ -75,6 +75,10 @@ FAST_GRACE = 5.0
 MAX_BOOT_PAUSE = 60.0
 #: Seconds an excess idle child is left before it is stopped (no flapping).
 SHRINK_AFTER = 2.0
+#: Stress (as Postfix's smtpd under its process limit): from this share of
+#: maxchildren busy, children apply their short time limits; below the
+#: second share, the normal ones again (two, so that it does not flap).
+STRESS_ON, STRESS_OFF = 0.8, 0.6
 
 
 def title(text: str) -> None:
@@ -212,6 +216,12 @@ class Child:
 
     def sessions_from(self, addr: str) -> int:
         return self.board.sessions_from(addr)
+
+    def sessions_from_net(self, addr: str) -> int:
+        return self.board.sessions_from_net(addr)
+
+    def stressed(self) -> bool:
+        return self.board.stress()
 
     def auth_failed(self, addr: str, window: float) -> None:
         self.board.auth_failed(self.slot, addr, window)
@@ -378,6 +388,7 @@ class Master:
         self.next_spawn = 0.0
         self.excess_since = None
         self._title = None
+        self.stress = False
         self._watched = None
 
     # ------------------------------------------------------------ start
@@ -757,11 +768,26 @@ class Master:
     def _update_title(self) -> None:
         states = self.board.states()
         busy = sum(1 for k in self.kids.values() if states[k.slot:k.slot + 1] in (BUSY, STOPPING))
+        self._judge_stress(busy)
         n = len(self.kids)
         text = f"{self.service.prog}: master, {n} child{'' if n == 1 else 'ren'}, {busy} busy"
+        if self.stress:
+            text += ", under stress"
         if self.stopping:
             text += ", stopping"
         if text != self._title:
             self._title = text
             title(text)
-        self.board.set_header(self.pid, self.generation, self.retired)
+        self.board.set_header(self.pid, self.generation, self.retired, stress=self.stress)
+
+    def _judge_stress(self, busy: int) -> None:
+        """Stress on and off, logged; the scoreboard's header carries it
+        to the children (smap(8): Stress)."""
+        limit = self.settings["maxchildren"]
+        if not self.stress and busy >= max(1, STRESS_ON * limit):
+            self.stress = True
+            log.warning("stress: %d of %d children busy: short time limits until fewer than %d are",
+                        busy, limit, int(STRESS_OFF * limit))
+        elif self.stress and busy < STRESS_OFF * limit:
+            self.stress = False
+            log.info("stress over: %d of %d children busy: normal time limits", busy, limit)

@@ -23,6 +23,7 @@ grow past its slot (text is cut to the field's size).
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import mmap
 import os
 import struct
@@ -30,8 +31,9 @@ import time
 from dataclasses import dataclass
 
 MAGIC = b"SMAPSB02"
-# magic, slots, master pid, generation, started, retired connections
-_HEADER = struct.Struct("<8sIiIdQ")
+# magic, slots, master pid, generation, started, retired connections,
+# stress (the master's verdict: most children busy, short limits apply)
+_HEADER = struct.Struct("<8sIiIdQI")
 HEADER_SIZE = 64
 # pid, generation, since, started, served, address, stage
 _SLOT = struct.Struct("<iIddI46s16s")
@@ -40,6 +42,8 @@ _FAIL = struct.Struct("<46sId")
 FAIL_OFFSET, FAIL_SIZE, FAIL_RECORDS = 96, 64, 4
 SLOT_SIZE = FAIL_OFFSET + FAIL_SIZE * FAIL_RECORDS
 assert _HEADER.size <= HEADER_SIZE and _SLOT.size <= FAIL_OFFSET and _FAIL.size <= FAIL_SIZE
+
+_STRESS_AT = _HEADER.size - 4      # the stress word's first octet (little-endian: its value, 0 or 1)
 
 FREE, STARTING, IDLE, BUSY, STOPPING = b".", b"S", b"_", b"W", b"G"
 STATE_NAMES = {FREE: "free", STARTING: "starting", IDLE: "idle", BUSY: "busy", STOPPING: "stopping"}
@@ -129,14 +133,20 @@ class Scoreboard:
 
     # ------------------------------------------------------------ header
 
-    def set_header(self, master_pid: int, generation: int, retired: int, started: float = None) -> None:
+    def set_header(self, master_pid: int, generation: int, retired: int, started: float = None,
+                   stress: bool = False) -> None:
         if started is None:
             started = self.header()["started"] if self.mm[:8] == MAGIC else time.time()
-        _HEADER.pack_into(self.mm, 0, MAGIC, self.slots, master_pid, generation, started, retired)
+        _HEADER.pack_into(self.mm, 0, MAGIC, self.slots, master_pid, generation, started, retired, int(stress))
 
     def header(self) -> dict:
-        magic, slots, pid, generation, started, retired = _HEADER.unpack_from(self.mm, 0)
-        return {"slots": slots, "master": pid, "generation": generation, "started": started, "retired": retired}
+        magic, slots, pid, generation, started, retired, stress = _HEADER.unpack_from(self.mm, 0)
+        return {"slots": slots, "master": pid, "generation": generation, "started": started, "retired": retired,
+                "stress": bool(stress)}
+
+    def stress(self) -> bool:
+        """Is the pool under stress (the master says so)?  One load."""
+        return self.mm[_STRESS_AT:_STRESS_AT + 1] != b"\0"
 
     # ------------------------------------------------------------- slots
 
@@ -207,6 +217,21 @@ class Scoreboard:
                 i = states.find(state, i + 1)
         return n
 
+    def sessions_from_net(self, address: str) -> int:
+        """Slots in a session with a client of `address`'s network (its
+        /24 for IPv4, /64 for IPv6), the caller's own included."""
+        want = network_of(address)
+        states = self.states()
+        n = 0
+        for state in (BUSY, STOPPING):
+            i = states.find(state)
+            while i >= 0:
+                raw = struct.unpack_from("46s", self.mm, self._records + i * SLOT_SIZE + 28)[0]
+                if network_of(raw.rstrip(b"\0").decode("ascii", "replace")) == want:
+                    n += 1
+                i = states.find(state, i + 1)
+        return n
+
     def auth_failed(self, i: int, address: str, window: float, now: float = None) -> None:
         """A child: one more AUTH failure from `address`, in its own slot
         (one writer per record: no lock).  The address's record if it has
@@ -253,6 +278,17 @@ class Scoreboard:
                 pass
 
 
+def network_of(address: str) -> str:
+    """The network maxpernet counts by: an IPv4 address's /24, an IPv6
+    address's /64, as text (addresses in slots are written normalised)."""
+    if ":" not in address:
+        return address.rpartition(".")[0]
+    try:
+        return ipaddress.IPv6Address(address).exploded[:19]
+    except ValueError:
+        return address
+
+
 def format_stats(board: Scoreboard, now: float = None, alive=None) -> str:
     """The text of `smapctl stats`: a summary line and one line per child.
     `alive(pid)` tells whether the master still runs (a stale file says so)."""
@@ -267,7 +303,8 @@ def format_stats(board: Scoreboard, now: float = None, alive=None) -> str:
     lines.append(f"master pid {h['master']}{'' if running else ' (NOT RUNNING: stale scoreboard)'}, "
                  f"up {_duration(now - h['started'])}, generation {h['generation']}, "
                  f"{len(live)} children of {h['slots']}: {by[BUSY]} busy, {by[IDLE]} idle, "
-                 f"{by[STARTING]} starting, {by[STOPPING]} stopping; {served} connections served")
+                 f"{by[STARTING]} starting, {by[STOPPING]} stopping; {served} connections served"
+                 + ("; UNDER STRESS (short time limits)" if h["stress"] else ""))
     lines.append(f"{'SLOT':>4} {'PID':>7} {'STATE':<8} {'FOR':>8} {'SERVED':>6}  CLIENT")
     for s in live:
         client = f"{s.address} {s.stage}".strip() if s.state in (BUSY, STOPPING) else ""

@@ -66,6 +66,12 @@ class One:
     def sessions_from(self, addr: str) -> int:
         return 1  # this one
 
+    def sessions_from_net(self, addr: str) -> int:
+        return 1
+
+    # No `stressed()`: there is no pool to be under stress (inetd has its
+    # own limits: xinetd's instances and per_source).
+
     # No pool, no scoreboard: a session's AUTH failures are its own
     # (errors-max ends it), none are counted across connections.
     def auth_failed(self, addr: str, window: float) -> None:

@@ -204,6 +204,11 @@ class Protocol:
         return self._close(reply(421, "4.7.0", f"{self.settings.hostname} Error: too many connections from your host"),
                            f"too many connections from this host (maxperhost {limit})")
 
+    def too_many_from_network(self, limit: int) -> Result:
+        """The client's network (/24, /64) already holds `limit` sessions (maxpernet)."""
+        return self._close(reply(421, "4.7.0", f"{self.settings.hostname} Error: too many connections from your "
+                                 "network"), f"too many connections from this network (maxpernet {limit})")
+
     @property
     def stage(self) -> str:
         """Where the session is, for a process title: the last command

@@ -47,9 +47,11 @@ def protocol_settings(settings) -> ProtocolSettings:
                             auth_requires_tls=settings["auth-requires-tls"])
 
 
-def limits(settings) -> Limits:
+def limits(settings, stressed=None) -> Limits:
     return Limits(idle=settings["timeout"], session=settings["session-timeout"],
-                  min_rate=settings["min-data-rate"], crlf=settings["crlf"])
+                  min_rate=settings["min-data-rate"], crlf=settings["crlf"],
+                  stress_idle=settings["stress-timeout"], stress_session=settings["stress-session-timeout"],
+                  stressed=stressed)
 
 
 def prepare_for_jail(settings) -> None:
@@ -82,7 +84,7 @@ def client_name(addr: str, resolver) -> str:
 
 
 def refuse(sock, result, name: str, addr: str) -> None:
-    """Send a refusal's replies and close."""
+    """Send a refusal's replies (before the greeting) and close."""
     for why in result.log:
         log.info("host=%s/%s refused: %s", name, addr, why)
     try:
@@ -90,7 +92,7 @@ def refuse(sock, result, name: str, addr: str) -> None:
         sock.sendall(b"".join(r.render() for r in result.replies))
     except OSError:
         pass
-    lingering_close(sock)
+    lingering_close(sock, at_connect=True)
 
 
 def admitted(settings, proto: Protocol, sock, name: str, addr: str) -> bool:
@@ -117,7 +119,9 @@ def run_session(sock, proto: Protocol, settings, spool_dir: str, name: str, addr
     if child is not None and proto.verify_password is not None:
         count_auth_failures(proto, child, addr, settings["auth-failures-max"], settings["auth-failures-window"])
     tls = TlsSetup(tls_context, on_connect=smtps) if tls_context is not None else None
-    Session(sock, proto, limits(settings), spool_dir, settings["hostname"], name, addr,
+    # A pool's child knows the stress of the pool; inetd mode has none.
+    stressed = getattr(child, "stressed", None)
+    Session(sock, proto, limits(settings, stressed), spool_dir, settings["hostname"], name, addr,
             greet_delay=settings["greet-delay"], observer=observer, tls=tls).serve()  # closes the connection
 
 
@@ -211,6 +215,10 @@ class SmapService:
         if held > s["maxperhost"]:
             proto = Protocol(protocol_settings(s), "unknown", addr)
             refuse(conn, proto.too_many_connections(s["maxperhost"]), "unknown", addr)
+            return
+        if child.sessions_from_net(addr) > s["maxpernet"]:
+            proto = Protocol(protocol_settings(s), "unknown", addr)
+            refuse(conn, proto.too_many_from_network(s["maxpernet"]), "unknown", addr)
             return
         name = client_name(addr, prepared.resolver)
         proto = Protocol(protocol_settings(s), name, addr)

@@ -26,7 +26,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from smapd import spool
 from smapd.smap.received import received_header
@@ -60,12 +60,25 @@ class TimedOut(Exception):
     """A time limit passed; the argument says which."""
 
 
+#: Seconds between two looks at the pool's stress while a session waits
+#: for its client: how late an idle session learns of the short limits.
+STRESS_CHECK = 1.0
+
+
 @dataclass
 class Limits:
     idle: float = 300.0            # seconds without a byte from the client
     session: float = 3600.0        # seconds for the whole session
     min_rate: int = 0              # octets per second during DATA, 0 = off
     crlf: str = "strict"
+    #: Under stress (most of the pool busy, smap -daemon): the shorter
+    #: limits, and `stressed()` that tells (None: never, as in inetd mode).
+    stress_idle: float = 10.0
+    stress_session: float = 300.0
+    stressed: Optional[Callable] = None
+
+    def under_stress(self) -> bool:
+        return self.stressed is not None and self.stressed()
 
 
 @dataclass
@@ -85,28 +98,45 @@ class Framer:
         self.clock = clock
         self.buf = bytearray()
         self.eof = False
-        self.deadline = clock() + limits.session
+        self.started = clock()
+        self.deadline = self.started + limits.session
         self.received = 0
         self._rate_from = None  # (time, bytes) when DATA began
 
     # -------------------------------------------------------- input
 
+    def limits_now(self):
+        """(idle time-out, session deadline, stressed) as they are now: the
+        short ones while the pool is under stress."""
+        if self.limits.under_stress():
+            return (min(self.limits.idle, self.limits.stress_idle),
+                    min(self.deadline, self.started + self.limits.stress_session), True)
+        return self.limits.idle, self.deadline, False
+
     def _fill(self) -> None:
         if self.eof:
             raise Closed()
-        now = self.clock()
-        left = self.deadline - now
-        if left <= 0:
-            raise TimedOut("session time limit exceeded")
-        self.sock.settimeout(min(self.limits.idle, left))
-        try:
-            data = self.sock.recv(CHUNK)
-        except socket.timeout:
-            raise TimedOut("timeout exceeded" if self.clock() < self.deadline
-                           else "session time limit exceeded") from None
-        except (ConnectionError, OSError):
-            self.eof = True
-            raise Closed() from None
+        since = self.clock()
+        while True:
+            idle, deadline, stressed = self.limits_now()
+            now = self.clock()
+            why = " (under stress)" if stressed else ""
+            if now >= deadline:
+                raise TimedOut("session time limit exceeded" + why)
+            if now - since >= idle:
+                raise TimedOut("timeout exceeded" + why)
+            wait = min(idle - (now - since), deadline - now)
+            if self.limits.stressed is not None:
+                wait = min(wait, STRESS_CHECK)   # a session already waiting sees stress begin
+            self.sock.settimeout(wait)
+            try:
+                data = self.sock.recv(CHUNK)
+                break
+            except socket.timeout:
+                continue
+            except (ConnectionError, OSError):
+                self.eof = True
+                raise Closed() from None
         if not data:
             self.eof = True
             raise Closed()
@@ -122,17 +152,18 @@ class Framer:
         """Send within the idle time-out and the session deadline; a
         final reply (the 421 that ends a session) gets FINAL_SEND seconds
         whatever the deadline says."""
+        idle, deadline, _ = self.limits_now()
         if final:
             self.sock.settimeout(FINAL_SEND)
         else:
-            left = self.deadline - self.clock()
+            left = deadline - self.clock()
             if left <= 0:
                 raise TimedOut("session time limit exceeded")
-            self.sock.settimeout(min(self.limits.idle, left))
+            self.sock.settimeout(min(idle, left))
         try:
             self.sock.sendall(data)
         except socket.timeout:
-            raise TimedOut("timeout exceeded" if self.clock() < self.deadline
+            raise TimedOut("timeout exceeded" if self.clock() < deadline
                            else "session time limit exceeded") from None
         except OSError:
             raise Closed() from None
@@ -194,7 +225,7 @@ class Framer:
     def read_command(self):
         """(line, too_long, bad_eol): one command line without its end.
         A line over the limit is consumed to its end, never split."""
-        if self.clock() >= self.deadline:
+        if self.clock() >= self.limits_now()[1]:
             raise TimedOut("session time limit exceeded")
         too_long = False
         while True:
@@ -316,7 +347,7 @@ class Session:
         try:
             if self.tls and self.tls.on_connect and not self._handshake():
                 return
-            if self.greet_delay:
+            if self.greet_delay and not self.framer.limits.under_stress():
                 # postscreen's pregreet test: a 220- line, then silence
                 # expected until the last line of the greeting.
                 self.framer.send(self.proto.teaser())
@@ -368,9 +399,10 @@ class Session:
     def _handshake(self) -> bool:
         """TLS on this connection, within the idle time-out and the session
         deadline; False (after a log line) when it failed."""
-        left = self.framer.deadline - self.framer.clock()
+        idle, deadline, _ = self.framer.limits_now()
+        left = deadline - self.framer.clock()
         try:
-            self.sock.settimeout(max(0.1, min(self.framer.limits.idle, left)))
+            self.sock.settimeout(max(0.1, min(idle, left)))
             self.sock = self.tls.context.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
             self.framer.sock = self.sock
             self.sock.do_handshake()
@@ -448,12 +480,22 @@ class Session:
                 writer.abort()
 
 
-def lingering_close(sock) -> None:
+def lingering_close(sock, at_connect: bool = False) -> None:
     """Send FIN after the last reply, then read what the client still had
     in flight, briefly: closing with unread input would send a reset that
     can destroy the reply before the client reads it.  Other descriptors
     may hold the connection (inetd's 0, 1 and 2), so the shutdown, not
-    the close, ends it."""
+    the close, ends it.  `at_connect`: a refusal before the greeting,
+    when an SMTP client has nothing in flight; without input waiting
+    there is nothing to read, and lingering would let a flood of silent
+    connections hold every child LINGER seconds each."""
+    if at_connect and not isinstance(sock, ssl.SSLSocket) and not _readable(sock, 0):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+        return
     if isinstance(sock, ssl.SSLSocket):
         try:  # close_notify first, then the plain socket lingers below
             sock.settimeout(LINGER)

@@ -11,7 +11,7 @@ mode the one on fd 0, through the skeleton's stand-alone path
 (prefork/standalone.py: dropping to `-s`/`-g`, and into `directory` when
 set, before the client is checked), with `-d` through the prefork master.
 
-Per connection, in this order: `maxperhost` (daemon mode), the TCP
+Per connection, in this order: `maxperhost` and `maxpernet` (daemon mode), the TCP
 wrappers (hosts.allow, hosts.deny, under the service name: `-N`, else
 the `-r` argument with `:` turned into `.`, as stunnel does) and the
 table's `hosts` rules, all before any TLS byte; the handshake (within
@@ -123,6 +123,7 @@ class Prepared:
     connect_timeout: float
     idle: float
     maxperhost: int = 0
+    maxpernet: int = 0
     needs_names: bool = field(default=True)
 
 
@@ -166,7 +167,8 @@ def prepare(settings, service: str) -> Prepared:
                    backend_text=f"{host}:{port}", wrappers=wrappers, hosts=hosts,
                    resolver=dnsclient.make_resolver(settings["resolver"], lifetime=LOOKUP_LIFETIME),
                    handshake_timeout=settings["handshake-timeout"], connect_timeout=settings["connect-timeout"],
-                   idle=settings["timeout"], maxperhost=settings["maxperhost"], needs_names=needs_names)
+                   idle=settings["timeout"], maxperhost=settings["maxperhost"], maxpernet=settings["maxpernet"],
+                   needs_names=needs_names)
 
 
 def admitted(gw: Prepared, addr: str, port: int, server_addr: str = None) -> bool:
@@ -330,6 +332,11 @@ class SslGwService:
         if child.sessions_from(addr) > gw.maxperhost:
             log.warning("%s: connection from %s:%d refused: more than maxperhost %d", gw.service, addr, port,
                         gw.maxperhost)
+            conn.close()
+            return
+        if child.sessions_from_net(addr) > gw.maxpernet:
+            log.warning("%s: connection from %s:%d refused: more than maxpernet %d from its network", gw.service,
+                        addr, port, gw.maxpernet)
             conn.close()
             return
         if admitted(gw, addr, port, _server_address(conn)):
