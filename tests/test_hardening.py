@@ -317,3 +317,59 @@ def test_under_stress_idle_sessions_get_the_short_time_out(daemon):
     # The short limit (2 s, seen within a second), not the 300 s of timeout.
     assert time.monotonic() - t0 < 8
     d.syslog.wait(r"stress over: \d+ of 10 children busy")
+
+
+# ------------------------------------------------------------------ logs
+
+def test_one_queue_id_from_connect_to_the_message(smap_table, spool, smap):
+    p = smap(smap_table(spool))
+    s = p.smtp
+    greet(s)
+    qid = send_message(s)
+    assert s.cmd("QUIT")[0] == 221
+    p.wait()
+    log = p.log
+    assert re.search(rf"connect host=\S+ id={qid}$", log, re.M), log
+    assert re.search(rf"host=\S+ bytes=\d+ from=<a@example.org> to=<b@example.net> nrcpt=1 id={qid}$", log, re.M)
+    [name] = spool_files(spool)
+    assert name == "sma" + qid and f" id {qid}\n" in spooled_message(spool, name).decode()
+    # The session's end is a disconnect; exiting is for a process.
+    assert re.search(r"disconnect host=\S+ messages=1 bytes=\d+$", log, re.M), log
+    assert "exiting host=" not in log
+
+
+def test_a_refusal_line_names_code_id_sender_and_helo(smap_table, spool, smap, tmp_path):
+    db = tmp_path / "spamdb"
+    db.write_text("spammer@spam.example\n")
+    p = smap(smap_table(spool, f"smap: spam-database {db}\n"))
+    s = p.smtp
+    greet(s, "helo.example")
+    assert s.cmd("MAIL FROM:<spammer@spam.example>")[0] == 554
+    assert s.cmd("MAIL FROM:<a@example.org>")[0] == 250
+    assert s.cmd("RCPT TO:<b@[999.1.1.1]>")[0] == 501
+    s.cmd("QUIT")
+    p.wait()
+    log = p.log
+    [connect] = re.findall(r"connect host=\S+ id=(\S+)$", log, re.M)
+    assert re.search(r"refused: sender in the spam database \(\S+:1: spammer@spam\.example\); code=554 5\.7\.1 "
+                     rf"id={connect} from=<spammer@spam\.example> helo=<helo\.example>$", log, re.M), log
+    assert re.search(rf"refused: recipient: \[999\.1\.1\.1\] is not an address literal; code=501 5\.1\.3 id={connect} "
+                     r"from=<a@example\.org> helo=<helo\.example>$", log, re.M), log
+
+
+@pytest.mark.parametrize("stage, commands", [("CONNECT", []), ("EHLO", ["EHLO c.example"]),
+                                             ("RCPT", ["EHLO c.example", "MAIL FROM:<a@example.org>",
+                                                       "RCPT TO:<b@example.net>"]),
+                                             ("DATA", ["EHLO c.example", "MAIL FROM:<a@example.org>",
+                                                       "RCPT TO:<b@example.net>", "DATA"])])
+def test_lost_connection_names_the_stage(smap_table, spool, smap, stage, commands):
+    p = smap(smap_table(spool))
+    s = p.smtp
+    assert s.reply()[0] == 220
+    for c in commands:
+        assert s.cmd(c)[0] in (250, 354)
+    if stage == "DATA":
+        s.send(b"Subject: half a message\r\n")
+    p.wait()
+    assert re.search(rf"lost connection after {stage} id=\S+$", p.log, re.M), p.log
+    assert spool_files(spool) == []

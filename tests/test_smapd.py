@@ -103,6 +103,9 @@ def test_delivers_with_exact_argv_and_body(env):
                                                         for q in ids)
     for qid in ids:
         wait_for(lambda: f"id={qid} from=" in env.log(p), what="the delivery log line")
+    # The hand-off's line: the delay since smap received it, and the recipients.
+    assert re.search(rf"id={ids[0]} from=<a@x\.example> nrcpt=2 sent delay=\d+\.\d\d to=<b@y\.example>,<c@y\.example>$",
+                     env.log(p), re.M), env.log(p)
     # smapd itself runs as nobody, with no other group
     with open(f"/proc/{p.pid}/status") as f:
         status = f.read()

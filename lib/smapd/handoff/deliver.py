@@ -477,10 +477,25 @@ def _deliver(c: Claim, ctx: DeliverySettings) -> int:
             move_to_bad(c, ctx, f"refused: {why}" if status == ARGV_TOO_LONG else f"refused by the MTA: {why}")
             return DONE
         outcome = "sent" if status == 0 else f"bounced by the MTA ({why})"
-        log.info("id=%s from=<%s> nrcpt=%d %s", c.id, env.sender, len(batch), outcome)
+        log.info("id=%s from=<%s> nrcpt=%d %s%s", c.id, env.sender, len(batch), outcome, _trail(c, batch))
         if not record_handoff(c, ctx, env, batch, last=not pending):
             return DONE
     return DONE
+
+
+#: Recipients a hand-off's log line names; the rest are counted.
+LOGGED_RECIPIENTS = 5
+
+
+def _trail(c: Claim, recipients) -> str:
+    """The end of a hand-off's log line: ` delay=SECONDS to=<a>,<b>`, the
+    delay since smap received the message (its queue id says when), and
+    the recipients, the first LOGGED_RECIPIENTS of them."""
+    born = queue_id_time(c.id)
+    delay = f" delay={max(0.0, time.time() - born):.2f}" if born else ""
+    shown = ",".join(f"<{r}>" for r in recipients[:LOGGED_RECIPIENTS])
+    more = f",... ({len(recipients) - LOGGED_RECIPIENTS} more)" if len(recipients) > LOGGED_RECIPIENTS else ""
+    return f"{delay} to={shown}{more}" if recipients else delay
 
 
 def record_handoff(c: Claim, ctx: DeliverySettings, env, batch, last: bool) -> bool:
@@ -523,8 +538,8 @@ def _deliver_smtp(c: Claim, ctx: DeliverySettings, env, pending) -> int:
         failed = [(r, replies[r].status, str(replies[r])) for r in batch if replies[r].code // 100 == 5]
         later.update({r: replies[r] for r in batch if replies[r].code // 100 not in (2, 5)})
         if sent:
-            log.info("id=%s from=<%s> nrcpt=%d sent (%s: %s)", c.id, env.sender, len(sent), ctx.mta,
-                     replies[sent[0]])
+            log.info("id=%s from=<%s> nrcpt=%d sent (%s: %s)%s", c.id, env.sender, len(sent), ctx.mta,
+                     replies[sent[0]], _trail(c, sent))
         # The delivered ones are recorded first: a bounce that cannot be
         # queued then leaves only the refused recipients for the retry.
         # Not when they were the file's last: the unlink below records

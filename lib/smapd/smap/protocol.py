@@ -174,6 +174,9 @@ class Protocol:
         #: Why AUTH is refused to this client for now (too many failures
         #: from its address, over its sessions), or None: set by the session.
         self.auth_blocked: Optional[Callable] = None
+        #: The sender of the last MAIL command, accepted or not: what a
+        #: refusal's log line names as from=.
+        self.mail_attempt: Optional[str] = None
         #: Hooks for the policy checks of later issues: each returns None
         #: to go on or a Reply that refuses (with the log reason second).
         self.check_sender: Optional[Callable] = None
@@ -333,6 +336,7 @@ class Protocol:
             path, params = parse_path(arg[5:])
         except ValueError as e:
             return self._error(reply(501, "5.1.7", f"Bad sender address syntax ({e})"), "MAIL syntax")
+        self.mail_attempt = path
         if path:
             m = _ROUTE_RE.match(path)
             if m:  # RFC 5321 C: accept a source route and ignore it

@@ -31,7 +31,7 @@ from smapd.table.netperm import Table, check_hosts
 from smapd.exits import Unusable
 from smapd.prefork.pidfile import pidfile_path
 from smapd.smap.protocol import Protocol, Settings as ProtocolSettings
-from smapd.smap.session import Limits, Session, TlsSetup, lingering_close
+from smapd.smap.session import Limits, Session, TlsSetup, lingering_close, log_refusal
 
 log = logging.getLogger("smapd")
 
@@ -86,7 +86,7 @@ def client_name(addr: str, resolver) -> str:
 def refuse(sock, result, name: str, addr: str) -> None:
     """Send a refusal's replies (before the greeting) and close."""
     for why in result.log:
-        log.info("host=%s/%s refused: %s", name, addr, why)
+        log_refusal(name, addr, why, result.replies[-1])
     try:
         sock.settimeout(10)
         sock.sendall(b"".join(r.render() for r in result.replies))

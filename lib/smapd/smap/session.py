@@ -318,13 +318,22 @@ class Session:
         self._stage = None
         self.messages = 0
         self.bytes = 0
+        #: The queue id of the next message, given at connect: every log
+        #: line of the session up to that message carries it, so that one
+        #: grep finds the connection, its refusals, the message and
+        #: smapd's hand-off.  A new one after each message spooled.
+        self.queue_id = spool.new_queue_id()
 
     def _send(self, result: Result, final: bool = False) -> bool:
         """Carry out the replies of a result; False when the session ends."""
         refused = bool(result.replies) and result.replies[-1].code >= 400
         for why in result.log:
-            log.info("host=%s/%s %s: %s", self.client_name, self.client_addr,
-                     "refused" if refused else "note", why)
+            if refused:
+                env = self.proto.envelope
+                log_refusal(self.client_name, self.client_addr, why, result.replies[-1], self.queue_id,
+                            env.sender if env is not None else self.proto.mail_attempt, self.proto.helo)
+            else:
+                log.info("host=%s/%s note: %s; id=%s", self.client_name, self.client_addr, why, self.queue_id)
         if result.delay:
             time.sleep(result.delay)
         if result.replies:
@@ -342,7 +351,7 @@ class Session:
                 self.observer(stage)
 
     def serve(self) -> None:
-        log.info("connect host=%s/%s", self.client_name, self.client_addr)
+        log.info("connect host=%s/%s id=%s", self.client_name, self.client_addr, self.queue_id)
         aborted = False
         try:
             if self.tls and self.tls.on_connect and not self._handshake():
@@ -382,14 +391,16 @@ class Session:
             except TimedOut:
                 pass
         except Closed:
-            log.info("host=%s/%s lost connection", self.client_name, self.client_addr)
+            stage = self.proto.stage
+            log.info("host=%s/%s lost connection after %s id=%s", self.client_name, self.client_addr,
+                     "CONNECT" if stage == "connected" else stage, self.queue_id)
         except BaseException:
             # Stopped from outside (a fast stop): the spool file is removed
             # on the way out; no lingering.
             aborted = True
             raise
         finally:
-            log.info("exiting host=%s/%s messages=%d bytes=%d%s", self.client_name, self.client_addr,
+            log.info("disconnect host=%s/%s messages=%d bytes=%d%s", self.client_name, self.client_addr,
                      self.messages, self.bytes, " (aborted)" if aborted else "")
             if aborted:
                 self.sock.close()
@@ -427,7 +438,7 @@ class Session:
 
     def _message(self) -> bool:
         env = self.proto.envelope
-        queue_id = spool.new_queue_id()
+        queue_id = self.queue_id
         header = received_header(env.helo, self.client_name, self.client_addr, self.hostname,
                                        self.proto.received_protocol, queue_id, env.recipients)
         try:
@@ -466,6 +477,7 @@ class Session:
             except OSError as e:
                 return self._send(self.proto.spool_failed(f"cannot commit the spool file: {e.strerror}"))
             committed = True
+            self.queue_id = spool.new_queue_id()
             self.messages += 1
             self.bytes += info.size
             # Name, address and each recipient in their own argument: the
@@ -478,6 +490,15 @@ class Session:
         finally:
             if not committed:
                 writer.abort()
+
+
+def log_refusal(name: str, addr: str, why: str, last, queue_id=None, sender=None, helo=None) -> None:
+    """The one form of a refusal's log line: who, why, the reply code,
+    the queue id, the sender and the HELO name (`none` when there is
+    none yet), as Postfix's reject lines give them."""
+    log.info("host=%s/%s refused: %s; code=%s id=%s from=%s helo=%s", name, addr, why,
+             f"{last.code} {last.status}".strip(), queue_id or "none",
+             "none" if sender is None else f"<{sender}>", "none" if helo is None else f"<{helo}>")
 
 
 def lingering_close(sock, at_connect: bool = False) -> None:
