@@ -404,11 +404,15 @@ def test_check_finds_what_would_fail_at_run_time(tmp_path, public_tmp):
             os.chown(path, *owner)
         return str(path), check("--config", str(path))
 
-    # smap and smapd under different users: smapd could open no spool file.
+    # smap and smapd in different groups: smapd could open no spool file.
     path, (code, lines) = lines_of(base + "smapd: userid daemon\nsmapd: groupid daemon\n")
     assert code == 1
-    assert f"{path}:6: error: smap runs as uid {nobody_ids()[0]} but smapd as uid 1: smap's spool files are " \
-           "mode 0600, so smapd could open none of them; give both the same userid" in lines, lines
+    assert f"{path}:7: error: smap runs as uid {nobody_ids()[0]}, gid {nobody_ids()[1]} but smapd as uid 1, gid 1: " \
+           "smap's spool files are mode 0660, so smapd could open none of them; give both the same groupid (a " \
+           "userid of its own for smapd is fine, and recommended)" in lines, lines
+    # A user of its own in smap's group: the recommended set-up, no error.
+    path, (code, lines) = lines_of(base + f"smapd: userid daemon\nsmapd: groupid {group}\n")
+    assert (code, lines[-1]) == (0, f"{path}: 0 errors, 0 warnings"), lines
     same = base + f"smapd: userid nobody\nsmapd: groupid {group}\n"
     path, (code, lines) = lines_of(same)
     assert (code, lines[-1]) == (0, f"{path}: 0 errors, 0 warnings"), lines
@@ -432,7 +436,8 @@ def test_check_finds_what_would_fail_at_run_time(tmp_path, public_tmp):
     try:
         path, (code, lines) = lines_of(same)
         assert code == 1 and f"{path}:1: error: smap: directory {spool}: is writable by everyone (mode 0777): " \
-                             "anyone could plant mail for smapd to hand off; make it 0700" in lines, lines
+                             "anyone could plant mail for smapd to hand off; make it 0770, of the group smap and " \
+                             "smapd share" in lines, lines
     finally:
         os.chmod(spool, 0o700)
 

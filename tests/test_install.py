@@ -320,12 +320,14 @@ def test_debian_package(tmp_path):
         assert r.stdout == f"smapctl (smapd suite) {_version()}\n"
         with open("/usr/sbin/smapd", "rb") as f:
             assert f.readline().rstrip() == b"#!/usr/bin/python3"
-        # The jail's account and the spool it owns, as the sample names them.
-        smap = pwd.getpwnam("smap")
+        # The jail's account and the spool it owns, and smapd's account in
+        # its group, as the samples name them.
+        smap, smapd = pwd.getpwnam("smap"), pwd.getpwnam("smapd")
         assert grp.getgrgid(smap.pw_gid).gr_name == "smap" and smap.pw_dir == "/var/spool/smap"
+        assert smapd.pw_gid == smap.pw_gid and smapd.pw_uid != smap.pw_uid
         for d in ("/var/spool/smap", "/var/spool/smap/bad"):
             st = os.stat(d)
-            assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (smap.pw_uid, smap.pw_gid, 0o700)
+            assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (smap.pw_uid, smap.pw_gid, 0o770)
         r = subprocess.run(["/usr/sbin/smapctl", "check", "--config",
                             "/usr/share/smapd-suite/netperm-table.standalone"], capture_output=True, text=True)
         assert (r.returncode, r.stdout) == (0, "/usr/share/smapd-suite/netperm-table.standalone: "
@@ -346,4 +348,6 @@ def test_debian_package(tmp_path):
     assert not os.path.exists("/var/spool/smap")
     with pytest.raises(KeyError):
         pwd.getpwnam("smap")
+    with pytest.raises(KeyError):
+        pwd.getpwnam("smapd")
     assert not os.path.exists("/usr/lib/python3/dist-packages/smapd")

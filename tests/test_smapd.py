@@ -548,3 +548,32 @@ def test_smapd_refuses_to_start_with_a_bad_symlink(env, public_tmp):
     assert r.returncode == 1
     assert f"baddir {env.bad} " in r.stderr and "cannot be used: it is a symbolic link (never followed)" in r.stderr, \
         r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changes ids: needs root")
+def test_smapd_as_a_user_of_its_own_in_smaps_group(env):
+    """The recommended set-up: smap's files (its jailed user's, mode 0660)
+    handed off by smapd running as another user of the same group, and
+    smapctl check content with it."""
+    import grp
+    import pwd
+    daemon = pwd.getpwnam("daemon")
+    group = grp.getgrgid(nobody_ids()[1]).gr_name
+    text = env.table.read_text()
+    assert f"smapd: userid nobody\nsmapd: groupid {group}\n" in text
+    env.table.write_text(text.replace("smapd: userid nobody\n", "smapd: userid daemon\n"))
+    os.chown(env.fake.dir / "calls", daemon.pw_uid, nobody_ids()[1])
+    qid = env.queue()
+    st = os.stat(env.spool / ("sma" + qid))
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (*nobody_ids(), 0o660)
+    p = env.start()
+    wait_for(lambda: env.spooled() == [], what="the hand-off")
+    assert len(env.calls()) == 1 and f"id={qid} from=<a@x.example> nrcpt=1 sent" in env.log(p)
+    assert proc_uid(p.pid) == daemon.pw_uid
+    r = subprocess.run([command("smapctl"), "check", "--config", str(env.table)], capture_output=True, text=True)
+    assert " error: " not in r.stdout, r.stdout
+
+
+def proc_uid(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("Uid:")).split()[1])

@@ -105,7 +105,7 @@ def test_python_smtplib_through_xinetd(deployment):
     # dot-stuffing undone).
     assert body == MESSAGE.replace(b"\r\n", b"\n")
     st = os.stat(spool / name)
-    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (REF_UID, REF_GID, 0o600)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (REF_UID, REF_GID, 0o660)
     log = deployment["syslog"]
     log.wait(r"^<22>smmap\[\d+\]: disconnect host=client\.example\.test/127\.0\.0\.1 messages=1 bytes=%d$"
              % len(body))

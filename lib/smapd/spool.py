@@ -1,7 +1,7 @@
 """The spool: the one module that knows the format of a queue file.
 
 What it does: `SpoolWriter` writes one message as `xma<id>` (O_CREAT|O_EXCL,
-mode 0600, under an fcntl write lock), streams the body into it, and on
+mode 0660, under an fcntl write lock), streams the body into it, and on
 `commit()` flushes, fsyncs, renames it to `sma<id>`, fsyncs the directory,
 unlocks and pokes the `.trigger` FIFO so that smapd looks at once.  Only
 then may smap answer 250.  `abort()` removes the temporary file.
@@ -89,6 +89,12 @@ def queue_id_time(queue_id: str):
         return None
 
 
+#: A spool file's mode: its writer's, and the group's, so that smapd may
+#: run as a user of its own in smap's group (it opens a file read-write
+#: to lock it and mark SENT lines); never anyone else's.
+FILE_MODE = 0o660
+
+
 class SpoolWriter:
     """One message on its way into the spool."""
 
@@ -99,8 +105,9 @@ class SpoolWriter:
         self.temp = os.path.join(directory, TEMP_PREFIX + self.queue_id)
         self.final = os.path.join(directory, READY_PREFIX + self.queue_id)
         self.size = 0
-        fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
         try:
+            os.fchmod(fd, FILE_MODE)   # whatever the umask (a daemon's is 077)
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.file = os.fdopen(fd, "wb", buffering=65536)
         except BaseException:

@@ -68,7 +68,7 @@ def make_spool(path, uid=None, gid=None):
             uid, gid = nobody_ids()
         for d in (path, path / "bad"):
             os.chown(d, uid, gid)
-            os.chmod(d, 0o700)
+            os.chmod(d, 0o770)   # the group: smapd may run as a user of its own in it
     return path
 
 

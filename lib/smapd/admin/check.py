@@ -247,10 +247,14 @@ def _pairs(loaded, first_line, report, files: bool):
                        f"{a} spools into {sa['directory']} but {b} reads {sb['directory']}")
         elif files and (sa.origins or sb.origins):
             ids_a, ids_b = _uid_gid(sa), _uid_gid(sb)
-            if None not in ids_a + ids_b and ids_a[0] != ids_b[0] and 0 not in (ids_a[0], ids_b[0]):
-                report.add(_at(sb, "userid") or first_line.get(b, 0), "error",
-                           f"{a} runs as uid {ids_a[0]} but {b} as uid {ids_b[0]}: smap's spool files are mode "
-                           f"0600, so {b} could open none of them; give both the same userid")
+            # Different users in one group are the recommended set-up
+            # (spool files are 0660); different groups cannot share.
+            if None not in ids_a + ids_b and ids_a[0] != ids_b[0] and ids_a[1] != ids_b[1] \
+                    and 0 not in (ids_a[0], ids_b[0]):
+                report.add(_at(sb, "groupid") or _at(sb, "userid") or first_line.get(b, 0), "error",
+                           f"{a} runs as uid {ids_a[0]}, gid {ids_a[1]} but {b} as uid {ids_b[0]}, gid {ids_b[1]}: "
+                           f"smap's spool files are mode 0660, so {b} could open none of them; give both the "
+                           "same groupid (a userid of its own for smapd is fine, and recommended)")
 
 
 # --------------------------------------------------------------------------
@@ -371,8 +375,11 @@ def _dir(value, s, kw, report):
             return ("error", f"is not writable by {s['userid']}/{s['groupid']}, who must create spool files in it")
         if st.st_mode & stat.S_IWOTH:
             return ("error", f"is writable by everyone (mode {st.st_mode & 0o7777:04o}): anyone could plant "
-                    "mail for smapd to hand off; make it 0700")
+                    "mail for smapd to hand off; make it 0770, of the group smap and smapd share")
     if kw.name == "baddir" and s.program == SMAPD:
+        if os.path.islink(value):
+            return ("error", "is a symbolic link: smapd never follows one there (whoever runs as smap's user could "
+                    "have planted it), and refuses to start")
         try:
             spool = os.stat(s["directory"])
         except OSError:
