@@ -123,7 +123,7 @@ def test_children_dying_at_boot_are_respawned_with_growing_pauses(daemon):
 # ------------------------------------------------------------------ pool
 
 def test_two_hundred_sessions_against_fifty_children(daemon):
-    d = daemon("smap: minspare 5\nsmap: maxspare 8\nsmap: maxchildren 50\nsmap: maxperhost 250\n")
+    d = daemon("smap: minspare 5\nsmap: maxspare 8\nsmap: maxchildren 50\nsmap: maxperhost 250\nsmap: maxpernet 250\n")
     d.wait_idle(5)
     results, most = [], [0]
     done = threading.Event()
@@ -242,7 +242,7 @@ def test_listen_without_address_serves_ipv4_and_ipv6(daemon):
         s = d.connect(addr)
         assert s.reply()[0] == 220
         transaction(s)
-    d.syslog.wait(r"connect host=unknown/::1$")
+    d.syslog.wait(r"connect host=unknown/::1 id=\S+$")
 
 
 # --------------------------------------------------------------- signals

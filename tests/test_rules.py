@@ -28,6 +28,7 @@ CASES = {
     "minspare-above-maxspare": (RELAY + "smap: minspare 30\nsmap: maxspare 10\n", 2),
     "maxspare-above-maxchildren": (RELAY + "smap: maxspare 50\nsmap: maxchildren 10\n", 2),
     "verify-needs-cas": ("ssl-gw: verify 2\n", 1),
+    "maxperhost-above-maxpernet": (RELAY + "smap: maxperhost 100\n", 2),
     "mta-and-sendmail": ("smapd: sendmail /usr/sbin/sendmail\nsmapd: mta smtp:127.0.0.1:10025\n", 2),
     "recipient-verify-needs-mta": ("smapd: recipient-verify yes\n", 1),
 }

@@ -503,6 +503,19 @@ def test_smapctl_queue_never_follows_a_symlink(env, public_tmp):
     assert "LEAK1" in r.stdout and "not a regular file" in r.stdout
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="plants as the jailed uid: needs root")
+def test_smapctl_never_follows_a_bad_symlink(env, public_tmp):
+    elsewhere = public_tmp / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "smaFOREIGN1").write_text("FROM <root-secret@x>\nRCPT <b@y.example>\nBODY\nsecret\n")
+    as_jailed_uid(env.spool, f"import os; os.rename('bad', 'bad.old'); os.symlink({str(elsewhere)!r}, 'bad')")
+    r = smapctl(env, "queue")
+    assert r.returncode == 0 and "root-secret" not in r.stdout and "not followed" in r.stdout, r.stdout
+    r = smapctl(env, "requeue", "all")
+    assert r.returncode == 1 and "is a symbolic link: not followed, nothing requeued" in r.stderr, r.stderr
+    assert env.spooled() == [] and os.listdir(elsewhere) == ["smaFOREIGN1"]
+
+
 def test_what_cannot_be_moved_is_left_alone_not_retried_in_a_loop(env):
     os.mkdir(env.spool / "smaROOTDIR1")  # root's, in the spool: smapd (nobody) cannot move it
     p = env.start()

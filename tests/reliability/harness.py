@@ -446,7 +446,8 @@ def bad_files(spool):
 # ------------------------------------------------------------------ the audit
 
 #: Log lines that are no news.
-ROUTINE = re.compile(r" (sent\b.*|deferred: .*|started: .*|stopped|connect host=.*|disconnect host=.*|host=\S+ bytes=.*|"
+ROUTINE = re.compile(r" (sent\b.*|deferred: .*|started: .*|stopped|connect host=.*|disconnect host=.*|"
+                     r"host=\S+ bytes=.*|"
                      r"id=\S+ to=.*|bounced by the MTA.*|moved to .*)$")
 #: Log lines that say a program failed in a way no fault of the test explains.
 ALARMING = re.compile(r"Traceback|[Ee]xception|delivery of \S+ failed|died while starting|exited with status|"

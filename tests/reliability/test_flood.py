@@ -1,7 +1,8 @@
 """Reliability, scenario 4: a flood of idle connections and slow-trickle
 clients against a pool of 50 (`smap -daemon`, maxchildren 50, timeout
-2 s, session-timeout 40 s, min-data-rate 64, maxperhost high: the flood
-comes from ten addresses, 127.0.0.2 to .11, as a distributed one would).
+2 s, session-timeout 40 s, min-data-rate 64, maxperhost and maxpernet
+high: the flood comes from ten addresses, 127.0.0.2 to .11, as a
+distributed one would, and loopback is one /24).
 
 A wave: ten slow clients take children first (five trickle a command
 line one octet a second, five trickle their message the same way), then
@@ -127,7 +128,8 @@ def test_flood_of_idle_and_slow_clients(daemon):
     seed, rng = make_rng("flood")
     duration = seconds(0)
     d = daemon(f"smap: maxchildren {POOL}\nsmap: minspare 5\nsmap: maxspare 10\nsmap: timeout {TIMEOUT}\n"
-               f"smap: session-timeout {SESSION}\nsmap: min-data-rate 64\nsmap: maxperhost 1000\n")
+               f"smap: session-timeout {SESSION}\nsmap: min-data-rate 64\nsmap: maxperhost 1000\n"
+               "smap: maxpernet 1000\n")
     d.wait_idle(5, at_least=True)
     ledger = Ledger(f"flood{seed}")
     most, stop = [0], threading.Event()

@@ -34,7 +34,8 @@ def test_full_spool_answers_451_and_loses_nothing(public_tmp, loopback_dns):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)], check=True)
     d = smapd = clients = None
     try:
-        d = Daemon(base, loopback_dns, "smap: minspare 3\nsmap: maxspare 6\nsmap: maxperhost 100\n")
+        d = Daemon(base, loopback_dns,
+                   "smap: minspare 3\nsmap: maxspare 6\nsmap: maxperhost 100\nsmap: maxpernet 100\n")
         mta = FakeMta(public_tmp)
         smapd = Smapd(public_tmp, d.spool, [mta.path])
         d.start()

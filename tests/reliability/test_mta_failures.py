@@ -38,7 +38,8 @@ MODES = {
 def test_mta_failures_deliver_everything_once(public_tmp, loopback_dns):
     seed, rng = make_rng("MTA failures")
     duration = seconds(20)
-    d = Daemon(public_tmp / "smap", loopback_dns, "smap: minspare 3\nsmap: maxspare 6\nsmap: maxperhost 100\n")
+    d = Daemon(public_tmp / "smap", loopback_dns,
+               "smap: minspare 3\nsmap: maxspare 6\nsmap: maxperhost 100\nsmap: maxpernet 100\n")
     mta = FakeMta(public_tmp)
     smapd = Smapd(public_tmp, d.spool, [mta.path], "smapd: sendmail-timeout 1\n")
     clients = None

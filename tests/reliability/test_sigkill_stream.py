@@ -57,7 +57,8 @@ def test_sigkill_stream_loses_nothing(handoff, public_tmp, loopback_dns):
     postfix.add_mailbox(RCPT, SENDER)
     with reach:
         d = Daemon(public_tmp / "smap", loopback_dns,
-                   "smap: minspare 3\nsmap: maxspare 6\nsmap: maxchildren 20\nsmap: maxperhost 100\n")
+                   "smap: minspare 3\nsmap: maxspare 6\nsmap: maxchildren 20\nsmap: maxperhost 100\n"
+                   "smap: maxpernet 100\n")
         smapd = Smapd(public_tmp, d.spool, **how)
         clients = None
         try:

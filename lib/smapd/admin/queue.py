@@ -60,6 +60,9 @@ def _entries(directory: str):
 def list_queue(s, out) -> int:
     now = time.time()
     for title, directory in (("spool", s["directory"]), ("bad", s["baddir"])):
+        if title == "bad" and os.path.islink(directory):
+            print(f"bad {directory}: a symbolic link, not followed (smapd refuses it too)", file=out)
+            continue
         rows = list(_entries(directory))
         print(f"{title} {directory}: {len(rows)} message{'' if len(rows) == 1 else 's'}", file=out)
         for qid, path, st, env, problem in rows:
@@ -104,6 +107,11 @@ def _locked_do(path: str, action) -> bool:
 
 def requeue(s, ids, out, err) -> int:
     bad, spool_dir = s["baddir"], s["directory"]
+    if os.path.islink(bad):
+        # Whoever runs as smap's user could have planted it: files from
+        # wherever it points would be linked into the spool, as root.
+        print(f"smapctl: {bad} is a symbolic link: not followed, nothing requeued", file=err)
+        return 1
     names = spool.list_spool(bad)
     if ids != ["all"]:
         wanted = {READY_PREFIX + i if not i.startswith(READY_PREFIX) else i for i in ids}

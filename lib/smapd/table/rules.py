@@ -169,6 +169,12 @@ def _maxspare_above_maxchildren(s):
                f"(the pool never keeps more than {s['maxchildren']} children)")
 
 
+def _maxperhost_above_maxpernet(s):
+    if s["maxperhost"] > s["maxpernet"]:
+        yield (f"maxperhost {s['maxperhost']} is above maxpernet {s['maxpernet']}: one address holds no more "
+               f"than its network's {s['maxpernet']} connections")
+
+
 def _verify_needs_cas(s):
     if s["verify"] >= 1 and not (s["ca-file"] or s["ca-dir"]):
         yield f"verify {s['verify']} needs ca-file or ca-dir"
@@ -210,6 +216,9 @@ RULES = (
     Rule("maxspare-above-maxchildren", (SMAP, SSLGW), "maxspare", WARNING, _maxspare_above_maxchildren,
          "maxspare above maxchildren: the pool never holds more than maxchildren children, idle ones "
          "included."),
+    Rule("maxperhost-above-maxpernet", (SMAP, SSLGW), "maxperhost", WARNING, _maxperhost_above_maxpernet,
+         "maxperhost above maxpernet: an address holds no more than its network (/24, /64) may; raise maxpernet "
+         "too."),
     Rule("verify-needs-cas", (SSLGW,), "verify", ERROR, _verify_needs_cas,
          "verify 1 to 3 needs ca-file or ca-dir (-A, -a) to verify against."),
 )
