@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -324,3 +325,63 @@ def test_tls_scan(gw, pki):
     backend = Backend(greeter)
     g = gw(f"127.0.0.1:{backend.port}", "-p", pki.server_pem, table="ssl-gw: tcpwrappers no\n")
     assert_strong_tls(run_testssl([f"127.0.0.1:{g.port}"]))
+
+
+# ------------------------------------------------------------ latency
+
+def _read_until(sock, end=b"\n"):
+    data = b""
+    while not data.endswith(end):
+        chunk = sock.recv(100)
+        if not chunk:
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
+    return data
+
+
+def test_tcp_nodelay_on_both_relay_sockets(gw, pki):
+    """A backend that answers in two writes 5 ms apart, and a client that
+    writes twice 5 ms apart: through ssl-gw each whole answer arrives
+    within milliseconds.  With Nagle on either relay socket the second
+    write waits for the peer's delayed ACK (about 40 ms)."""
+    import statistics
+    gaps_up = []
+
+    def two_writes(conn):
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # the test's own sockets never wait
+        conn.sendall(b"* OK\r\n")
+        while True:
+            first = conn.recv(1)
+            if not first:
+                return
+            if first == b"D":          # down: "a", then 5 ms later "b\n"
+                _read_until(conn)
+                conn.sendall(b"a")
+                time.sleep(0.005)
+                conn.sendall(b"b\n")
+            else:                      # up: the client's two writes, timed here
+                t0 = time.monotonic()
+                _read_until(conn)
+                gaps_up.append(time.monotonic() - t0)
+                conn.sendall(b"ok\n")
+    backend = Backend(two_writes)
+    g = gw(f"127.0.0.1:{backend.port}", "-p", pki.server_pem, table="ssl-gw: tcpwrappers no\n")
+    s = g.connect(pki.client_context())
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    _read_until(s)
+    gaps_down = []
+    for _ in range(10):
+        s.sendall(b"D\n")
+        first = s.recv(1)
+        t0 = time.monotonic()
+        assert first == b"a"
+        assert _read_until(s) == b"b\n"
+        gaps_down.append(time.monotonic() - t0)
+        s.sendall(b"U")
+        time.sleep(0.005)
+        s.sendall(b"p\n")
+        assert _read_until(s) == b"ok\n"
+    s.close()
+    assert statistics.median(gaps_down) < 0.015, gaps_down
+    assert statistics.median(gaps_up) < 0.015, gaps_up
+    assert backend.errors == []
