@@ -385,3 +385,55 @@ def test_tcp_nodelay_on_both_relay_sockets(gw, pki):
     assert statistics.median(gaps_down) < 0.015, gaps_down
     assert statistics.median(gaps_up) < 0.015, gaps_up
     assert backend.errors == []
+
+
+# ------------------------------------------------------ certificate refusals
+
+def _expired_client_pem(pki, path):
+    """A client certificate of the test CA whose validity ended yesterday."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    data = open(pki.ca_pem, "rb").read()
+    ca_key = serialization.load_pem_private_key(data, None)
+    ca = x509.load_pem_x509_certificate(data[data.index(b"-----BEGIN CERTIFICATE-----"):])
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "expired.example.test")]))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=30)).not_valid_after(now - datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()) + cert.public_bytes(serialization.Encoding.PEM))
+    return str(path)
+
+
+def test_certificate_refusals_say_why(gw, pki, tmp_path):
+    selfsigned = tmp_path / "self.pem"
+    r = subprocess.run([command("smapctl"), "mkcert", "--key", "ec:p256", "--client", "--cn", "self.example.test",
+                        str(selfsigned)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    certs = {"expired": _expired_client_pem(pki, tmp_path / "expired.pem"), "self-signed": str(selfsigned),
+             "foreign CA": pki.stranger_pem}
+    why = {"expired": r"certificate has expired \(X509 error 10\)",
+           "self-signed": r"self.signed certificate \(X509 error 18\)",
+           "foreign CA": r"unable to get local issuer certificate \(X509 error 20\)"}
+    backend = Backend(greeter)
+    g = gw(f"127.0.0.1:{backend.port}", "-p", pki.server_pem, "-v", "2", "-A", pki.ca_crt,
+           table="ssl-gw: tcpwrappers no\n")
+    for name, pem in certs.items():
+        ctx = pki.client_context()
+        ctx.load_cert_chain(pem)
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            s = g.connect(ctx)
+            s.recv(100)   # TLS 1.3: the client learns of the refusal at its first read
+        g.wait_log(r"SSL_accept from 127\.0\.0\.1:\d+: CERTIFICATE_VERIFY_FAILED: " + why[name])
+    # And no certificate at all, where -v 2 asks for one.
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        s = g.connect(pki.client_context())
+        s.recv(100)
+    g.wait_log(r"SSL_accept from 127\.0\.0\.1:\d+: PEER_DID_NOT_RETURN_A_CERTIFICATE")

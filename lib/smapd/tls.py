@@ -150,6 +150,19 @@ def peer_subject(sock: ssl.SSLSocket) -> Optional[str]:
     return "".join(f"/{_SHORT.get(k, k)}={v}" for rdn in cert.get("subject", ()) for k, v in rdn) or None
 
 
+def handshake_failure(e: OSError) -> str:
+    """Why a server-side handshake failed, for the log: OpenSSL's reason
+    and, for a client certificate that did not verify, the verifier's
+    own words and code, as stunnel logs them (`CERTIFICATE_VERIFY_FAILED:
+    certificate has expired (X509 error 10)`).  Python's ssl module has
+    no verify callback, so the depth and subject of the certificate at
+    fault are not known here."""
+    reason = _reason(e)
+    if isinstance(e, ssl.SSLCertVerificationError) and e.verify_message:
+        return f"{reason}: {e.verify_message} (X509 error {e.verify_code})"
+    return reason
+
+
 def describe(sock: ssl.SSLSocket) -> str:
     """`TLSv1.3 TLS_AES_256_GCM_SHA384 (256 bits)` for the log."""
     cipher = sock.cipher()

@@ -418,7 +418,7 @@ class Session:
             self.framer.sock = self.sock
             self.sock.do_handshake()
         except (OSError, ValueError) as e:  # ssl.SSLError and socket.timeout are OSErrors
-            why = "timed out" if isinstance(e, socket.timeout) else (getattr(e, "reason", None) or str(e))
+            why = "timed out" if isinstance(e, socket.timeout) else stls.handshake_failure(e)
             self._send(self.proto.tls_failed(why))
             return False
         peer = stls.peer_subject(self.sock)

@@ -216,7 +216,7 @@ def handle(conn: socket.socket, addr: str, port: int, gw: Prepared) -> None:
                         gw.handshake_timeout)
             return
         except (ssl.SSLError, OSError) as e:
-            log.warning("%s: SSL_accept from %s:%d: %s", gw.service, addr, port, getattr(e, "reason", None) or e)
+            log.warning("%s: SSL_accept from %s:%d: %s", gw.service, addr, port, tls.handshake_failure(e))
             return
         refused = tls.check_peer(sock, gw.verify, gw.local)
         if refused:
