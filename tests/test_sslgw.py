@@ -306,7 +306,10 @@ def test_handshake_and_idle_timeouts(gw, pki):
     g = gw(f"127.0.0.1:{backend.port}", "-p", pki.server_pem, "-t", "2",
            table="ssl-gw: tcpwrappers no\nssl-gw: handshake-timeout 1\n")
     raw = socket.create_connection(("127.0.0.1", g.port), timeout=30)
-    assert raw.recv(100) == b""  # no ClientHello within a second: closed
+    # The first bytes of a record, then nothing: a silent socket would not
+    # even be accepted (TCP_DEFER_ACCEPT), a stalled handshake is cut.
+    raw.sendall(b"\x16\x03\x01")
+    assert raw.recv(100) == b""  # no whole ClientHello within a second: closed
     g.wait_log(r"SSL_accept from 127\.0\.0\.1:\d+: timed out after 1s")
     s = g.connect(pki.client_context())
     assert s.recv(100) == b"* OK backend ready\r\n"
@@ -437,3 +440,28 @@ def test_certificate_refusals_say_why(gw, pki, tmp_path):
         s = g.connect(pki.client_context())
         s.recv(100)
     g.wait_log(r"SSL_accept from 127\.0\.0\.1:\d+: PEER_DID_NOT_RETURN_A_CERTIFICATE")
+
+
+def test_silent_sockets_do_not_stop_the_service(gw, pki):
+    """100 TCP connections from 10 addresses that never send a ClientHello
+    take no child (the listener defers the accept until the client
+    speaks): a real client is served within a second."""
+    backend = Backend(greeter)
+    g = gw(f"127.0.0.1:{backend.port}", "-p", pki.server_pem,
+           table="ssl-gw: tcpwrappers no\nssl-gw: maxchildren 20\nssl-gw: maxperhost 100\nssl-gw: maxpernet 100\n")
+    silent = []
+    try:
+        for i in range(100):
+            c = socket.socket()
+            c.bind((f"127.0.0.{2 + i % 10}", 0))
+            c.connect(("127.0.0.1", g.port))
+            silent.append(c)
+        t0 = time.monotonic()
+        s = g.connect(pki.client_context())
+        assert s.recv(100) == b"* OK backend ready\r\n"
+        assert time.monotonic() - t0 < 1.0
+        s.close()
+        assert "no ClientHello" not in g.log()
+    finally:
+        for c in silent:
+            c.close()

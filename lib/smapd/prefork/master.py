@@ -75,6 +75,10 @@ FAST_GRACE = 5.0
 MAX_BOOT_PAUSE = 60.0
 #: Seconds an excess idle child is left before it is stopped (no flapping).
 SHRINK_AFTER = 2.0
+#: Seconds the kernel holds a connection to a client-first listener that
+#: has sent nothing (TCP_DEFER_ACCEPT); after them it is accepted anyway,
+#: and the service's first-byte deadline ends it.
+DEFER_ACCEPT = 10
 #: Stress (as Postfix's smtpd under its process limit): from this share of
 #: maxchildren busy, children apply their short time limits; below the
 #: second share, the normal ones again (two, so that it does not flap).
@@ -98,6 +102,10 @@ class ListenSpec:
     addr: Optional[str]
     port: int
     tag: object = None
+    #: The client speaks first (TLS): the kernel wakes a child only once
+    #: bytes have arrived (TCP_DEFER_ACCEPT), so silent connections do
+    #: not take children (Linux; elsewhere a plain listener).
+    client_first: bool = False
 
     def __str__(self):
         host = "*" if self.addr is None else (f"[{self.addr}]" if ":" in self.addr else self.addr)
@@ -169,6 +177,8 @@ def bind(spec: ListenSpec) -> list:
                     out.pop().close()
                     continue
                 raise OSError(e.errno, f"cannot listen on {spec}: {e.strerror}") from None
+            if spec.client_first and hasattr(socket, "TCP_DEFER_ACCEPT"):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT)
             s.listen(socket.SOMAXCONN)
             s.setblocking(False)
     except OSError:

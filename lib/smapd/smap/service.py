@@ -189,7 +189,7 @@ class SmapService:
 
     def listeners(self, settings) -> list:
         from smapd.prefork.master import ListenSpec
-        return [ListenSpec(l.addr, l.port, "smtps" if l.tls else None) for l in settings["listen"]]
+        return [ListenSpec(l.addr, l.port, "smtps" if l.tls else None, client_first=l.tls) for l in settings["listen"]]
 
     def prepare(self, settings) -> Prepared:
         """Reads the key, the spam database and the password file once;

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import ssl
 import time
@@ -191,10 +192,26 @@ def admitted(gw: Prepared, addr: str, port: int, server_addr: str = None) -> boo
     return True
 
 
-def handle(conn: socket.socket, addr: str, port: int, gw: Prepared) -> None:
-    """One admitted client: handshake, backend, relay, log.  Closes `conn`."""
+#: The tag of the daemon's listeners, which defer the accept until the
+#: client has spoken (prefork/master.py: TCP_DEFER_ACCEPT).
+DEFERRED = "deferred"
+#: Seconds a connection from such a listener may wait for its first byte
+#: (the ClientHello): it was accepted with the byte there, or after the
+#: kernel's deferral, already idle for DEFER_ACCEPT seconds.
+FIRST_BYTE = 2.0
+
+
+def handle(conn: socket.socket, addr: str, port: int, gw: Prepared, first_byte: float = None) -> None:
+    """One admitted client: handshake, backend, relay, log.  Closes `conn`.
+    `first_byte`: seconds for the ClientHello to begin, else the
+    handshake time-out is all."""
     started = time.monotonic()
     log.info("%s connected from %s:%d", gw.service, addr, port)
+    if first_byte is not None and not _readable(conn, min(first_byte, gw.handshake_timeout)):
+        log.warning("%s: SSL_accept from %s:%d: no ClientHello within %gs", gw.service, addr, port,
+                    min(first_byte, gw.handshake_timeout))
+        conn.close()
+        return
     try:
         # No Nagle on either relay socket (stunnel sets it too): each read
         # is relayed as one write, and a small trailing write would
@@ -244,6 +261,12 @@ def handle(conn: socket.socket, addr: str, port: int, gw: Prepared) -> None:
         if backend is not None:
             backend.close()
         sock.close()
+
+
+def _readable(sock, seconds: float) -> bool:
+    p = select.poll()   # poll(2): no descriptor limit, unlike select(2)
+    p.register(sock, select.POLLIN)
+    return bool(p.poll(int(seconds * 1000)))
 
 
 def _no_delay(sock) -> None:
@@ -334,7 +357,7 @@ class SslGwService:
     def listeners(self, settings) -> list:
         from smapd.prefork.master import ListenSpec
         host, port = settings["accept"]
-        return [ListenSpec(host, port)]
+        return [ListenSpec(host, port, DEFERRED, client_first=True)]
 
     def prepare(self, settings) -> Prepared:
         pre_jail()
@@ -354,7 +377,7 @@ class SslGwService:
             conn.close()
             return
         if admitted(gw, addr, port, _server_address(conn)):
-            handle(conn, addr, port, gw)
+            handle(conn, addr, port, gw, first_byte=FIRST_BYTE if tag == DEFERRED else None)
         else:
             conn.close()
 
