@@ -18,8 +18,8 @@ from support.programs import ROOT
 
 LIB = os.path.join(ROOT, "lib", "smapd")
 PROGRAMS = ("smap", "handoff", "sslgw")
-BOTTOM = ("spool", "log", "tls", "files", "dnsclient", "addresses", "mailbox", "xtext", "verify_wire", "exits",
-          "__init__")
+BOTTOM = ("spool", "log", "tls", "files", "dnsclient", "addresses", "mailbox", "xtext", "sockets", "verify_wire",
+          "exits", "__init__")
 #: What each part may import of the suite (besides itself).
 ALLOWED = {
     "admin": {"smap", "handoff", "sslgw", "prefork", "table", *BOTTOM},

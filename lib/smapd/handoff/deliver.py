@@ -188,11 +188,6 @@ def claim(name: str):
     return Claim(name, fd, ro)
 
 
-class BadDirUnsafe(OSError):
-    """baddir is not the directory it must be (a symbolic link, or on
-    another file system): nothing is moved into it."""
-
-
 def open_baddir(baddir: str) -> int:
     """A descriptor of `baddir`, opened without following a symbolic link
     in its last component: whoever runs as smap's jailed uid can write the
@@ -200,16 +195,16 @@ def open_baddir(baddir: str) -> int:
     jailed) would then put files of the attacker's choosing.  Must be a
     directory on the spool's file system (a move is a link and an
     unlink).  Opened afresh for each move, so a swap after the start is
-    caught too.  BadDirUnsafe says why not."""
+    caught too.  An OSError says why not."""
     try:
         fd = os.open(baddir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
         if e.errno in (errno.ENOTDIR, errno.ELOOP) and os.path.islink(baddir):
-            raise BadDirUnsafe(e.errno, "it is a symbolic link (never followed)") from None
+            raise OSError(e.errno, "it is a symbolic link (never followed)") from None
         raise
     if os.fstat(fd).st_dev != os.stat(".").st_dev:
         os.close(fd)
-        raise BadDirUnsafe(errno.EXDEV, "it is not on the spool's file system")
+        raise OSError(errno.EXDEV, "it is not on the spool's file system")
     return fd
 
 

@@ -39,6 +39,7 @@ import socket
 from dataclasses import dataclass
 from typing import Optional
 
+from smapd.sockets import no_delay
 from smapd.xtext import xtext
 
 #: Octets of the body read from the spool per write.
@@ -107,7 +108,7 @@ class MtaSession:
                 sock = socket.create_connection((self.mta.host, self.mta.port), timeout=self.timeout)
                 # Each command group is one write already: Nagle's wait
                 # for an ACK (delayed by the MTA) would only stall it.
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                no_delay(sock)
         except OSError as e:
             raise MtaUnavailable(f"cannot connect to {self.mta}: {e.strerror or e}") from None
         self.sock = sock

@@ -200,37 +200,27 @@ class Scoreboard:
         raw = struct.unpack_from("46s", self.mm, self._records + i * SLOT_SIZE + 28)[0]
         return raw.rstrip(b"\0").decode("ascii", "replace")
 
-    def sessions_from(self, address: str) -> int:
-        """Slots in a session with a client at `address` (the caller's own
-        included): busy, or stopping (a child of an older generation,
-        after a reload, that finishes its session: still a session the
-        client holds)."""
+    def _in_session(self):
+        """The client address (bytes) of every slot in a session: busy, or
+        stopping (a child of an older generation, after a reload, that
+        finishes its session: still a session its client holds)."""
         states = self.states()
-        want = address.encode("ascii", "replace")[:45]
-        n = 0
         for state in (BUSY, STOPPING):
             i = states.find(state)
             while i >= 0:
-                raw = struct.unpack_from("46s", self.mm, self._records + i * SLOT_SIZE + 28)[0]
-                if raw.rstrip(b"\0") == want:
-                    n += 1
+                yield struct.unpack_from("46s", self.mm, self._records + i * SLOT_SIZE + 28)[0].rstrip(b"\0")
                 i = states.find(state, i + 1)
-        return n
+
+    def sessions_from(self, address: str) -> int:
+        """Slots in a session with a client at `address`, the caller's own included."""
+        want = address.encode("ascii", "replace")[:45]
+        return sum(1 for a in self._in_session() if a == want)
 
     def sessions_from_net(self, address: str) -> int:
         """Slots in a session with a client of `address`'s network (its
         /24 for IPv4, /64 for IPv6), the caller's own included."""
         want = network_of(address)
-        states = self.states()
-        n = 0
-        for state in (BUSY, STOPPING):
-            i = states.find(state)
-            while i >= 0:
-                raw = struct.unpack_from("46s", self.mm, self._records + i * SLOT_SIZE + 28)[0]
-                if network_of(raw.rstrip(b"\0").decode("ascii", "replace")) == want:
-                    n += 1
-                i = states.find(state, i + 1)
-        return n
+        return sum(1 for a in self._in_session() if network_of(a.decode("ascii", "replace")) == want)
 
     def auth_failed(self, i: int, address: str, window: float, now: float = None) -> None:
         """A child: one more AUTH failure from `address`, in its own slot

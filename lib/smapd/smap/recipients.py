@@ -41,12 +41,6 @@ from smapd.mailbox import compare_key
 MAX_FILE_BYTES = 64 << 20
 
 
-def mailbox_key(address: str):
-    """(local, domain) as the map compares them, or None for an address
-    the grammar refuses."""
-    return compare_key(address)
-
-
 @dataclass
 class RecipientMap:
     path: str = "<recipients>"
@@ -87,12 +81,12 @@ class RecipientMap:
         key = _first_word(line)
         if key.startswith("@"):
             domain = key[1:].lower().rstrip(".")
-            if mailbox_key("postmaster@" + domain) is None:
+            if compare_key("postmaster@" + domain) is None:
                 return f"{key!r} is not @domain"
             self.whole_domains.add(domain)
             self.domains.add(domain)
             return None
-        k = mailbox_key(key)
+        k = compare_key(key)
         if k is None:
             return f"{key!r} is not an address (local-part@domain) or @domain"
         self.mailboxes.add(k)
@@ -102,7 +96,7 @@ class RecipientMap:
     def verdict(self, recipient: str) -> str:
         if recipient.lower() == "postmaster":
             return "known"
-        k = mailbox_key(recipient)
+        k = compare_key(recipient)
         if k is None or k[1] not in self.domains:
             return "other"
         local, domain = k

@@ -21,7 +21,6 @@ the session deadline or the minimum data rate allow.
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import ssl
 import time
@@ -31,6 +30,7 @@ from typing import Callable, Optional
 from smapd import spool
 from smapd.smap.received import received_header
 from smapd import tls as stls
+from smapd.sockets import readable
 from smapd.smap.protocol import MAX_COMMAND, Protocol, Result
 
 CHUNK = 65536          # how much of one message line is held before it is written
@@ -42,14 +42,6 @@ LINGER_BYTES = 1 << 20
 log = logging.getLogger("smapd")
 
 
-def _readable(sock, seconds: float) -> bool:
-    """poll(2), which has no descriptor limit, unlike select(2)."""
-    p = select.poll()
-    p.register(sock, select.POLLIN | select.POLLPRI)
-    try:
-        return bool(p.poll(max(0, int(seconds * 1000))))
-    except (OSError, ValueError):
-        return False
 
 
 class Closed(Exception):
@@ -175,7 +167,7 @@ class Framer:
         if self.eof:
             return
         tls = isinstance(self.sock, ssl.SSLSocket)
-        if not (tls and self.sock.pending()) and not _readable(self.sock, 0):
+        if not (tls and self.sock.pending()) and not readable(self.sock, 0):
             return
         try:
             self.sock.settimeout(0)
@@ -207,7 +199,7 @@ class Framer:
             left = end - self.clock()
             if left <= 0:
                 return True
-            if _readable(self.sock, left):
+            if readable(self.sock, left):
                 return not self.pending() and not self.eof
 
     def _find_end(self, start: int = 0):
@@ -510,7 +502,7 @@ def lingering_close(sock, at_connect: bool = False) -> None:
     when an SMTP client has nothing in flight; without input waiting
     there is nothing to read, and lingering would let a flood of silent
     connections hold every child LINGER seconds each."""
-    if at_connect and not isinstance(sock, ssl.SSLSocket) and not _readable(sock, 0):
+    if at_connect and not isinstance(sock, ssl.SSLSocket) and not readable(sock, 0):
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:

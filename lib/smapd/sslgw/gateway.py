@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
 import ssl
 import time
@@ -43,6 +42,7 @@ from smapd import dnsclient
 from smapd import log as slog
 from smapd.sslgw import relay
 from smapd import tls
+from smapd.sockets import no_delay, readable
 from smapd.table.netperm import ConfigError, Diagnostic, Table, check_hosts
 from smapd.addresses import client_address
 from smapd.exits import Unusable
@@ -207,7 +207,7 @@ def handle(conn: socket.socket, addr: str, port: int, gw: Prepared, first_byte: 
     handshake time-out is all."""
     started = time.monotonic()
     log.info("%s connected from %s:%d", gw.service, addr, port)
-    if first_byte is not None and not _readable(conn, min(first_byte, gw.handshake_timeout)):
+    if first_byte is not None and not readable(conn, min(first_byte, gw.handshake_timeout)):
         log.warning("%s: SSL_accept from %s:%d: no ClientHello within %gs", gw.service, addr, port,
                     min(first_byte, gw.handshake_timeout))
         conn.close()
@@ -217,7 +217,7 @@ def handle(conn: socket.socket, addr: str, port: int, gw: Prepared, first_byte: 
         # is relayed as one write, and a small trailing write would
         # otherwise wait for the peer's delayed ACK (40 ms), as would a
         # fatal alert before the close.
-        _no_delay(conn)
+        no_delay(conn)
         conn.settimeout(gw.handshake_timeout)
         sock = gw.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
     except (OSError, ValueError) as e:
@@ -245,7 +245,7 @@ def handle(conn: socket.socket, addr: str, port: int, gw: Prepared, first_byte: 
         log.info("%s: %s:%d: %s", gw.service, addr, port, tls.describe(sock))
         try:
             backend = socket.socket(gw.backend[0], socket.SOCK_STREAM)
-            _no_delay(backend)
+            no_delay(backend)
             backend.settimeout(gw.connect_timeout)
             backend.connect(gw.backend[1])
         except OSError as e:
@@ -261,20 +261,6 @@ def handle(conn: socket.socket, addr: str, port: int, gw: Prepared, first_byte: 
         if backend is not None:
             backend.close()
         sock.close()
-
-
-def _readable(sock, seconds: float) -> bool:
-    p = select.poll()   # poll(2): no descriptor limit, unlike select(2)
-    p.register(sock, select.POLLIN)
-    return bool(p.poll(int(seconds * 1000)))
-
-
-def _no_delay(sock) -> None:
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass   # a socket that is no TCP after all (inetd's fd 0 may be anything)
 
 
 def _server_address(conn) -> str:
