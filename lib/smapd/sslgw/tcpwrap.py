@@ -35,6 +35,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from dataclasses import dataclass
 from typing import Optional
 
@@ -90,25 +91,50 @@ class _BadPattern(ValueError):
 # --------------------------------------------------------------------------
 # Patterns.  Each has `text` (as written) and `matches(...)`; host patterns
 # take a _Host, daemon patterns a service name and the server's _Host.
+#
+# libwrap compares most patterns as strings (string_match): against the
+# address as text, and, when the pattern has a character other than digits,
+# '.' and '/', against the name as text too, where a host without a
+# confirmed name is called "unknown" and a lying one "paranoid".  That is
+# why UNKNOWN and PARANOID are no keywords below: they are the strings.
+
+#: The names libwrap gives a host it has no confirmed name for.
+_UNKNOWN = "unknown"
+_PARANOID = "paranoid"
+
 
 @dataclass(frozen=True)
 class _Host:
-    """A client or server as the host patterns see it.  `name` is None
-    unless the name is confirmed, and None for a PARANOID host too: libwrap
-    calls such a host "paranoid", a name no pattern but PARANOID matches."""
+    """A client or server as the host patterns see it: its address (None:
+    unknown), that address as text as getnameinfo(3) writes it, and its
+    name as text -- the confirmed name, or "unknown", or "paranoid"."""
 
     addr: Optional[ipaddress._BaseAddress]
-    name: Optional[str]
-    paranoid: bool = False
+    addr_text: str
+    name_text: str
 
     @classmethod
     def of(cls, addr, name=None, paranoid=False) -> "_Host":
         try:
             a = client_address(addr)
-        except ValueError:
-            a = None  # libwrap's "unknown" address: only ALL and UNKNOWN match
-        n = None if paranoid or not name else str(name).lower().rstrip(".") or None
-        return cls(a, n, bool(paranoid))
+        except (ValueError, TypeError):
+            a = None
+        if a is None:
+            text = _UNKNOWN
+        elif a.version == 4:
+            text = str(a)
+        else:
+            text = socket.inet_ntop(socket.AF_INET6, a.packed)
+        if paranoid:
+            n = _PARANOID
+        else:
+            n = str(name).lower().rstrip(".") if name else ""
+            n = n or _UNKNOWN
+        return cls(a, text, n)
+
+    @property
+    def name_known(self) -> bool:
+        return self.name_text not in (_UNKNOWN, _PARANOID)
 
 
 @dataclass(frozen=True)
@@ -121,64 +147,77 @@ class _Never:
         return False
 
 
+def _string_kind(tok: str) -> str:
+    """How string_match reads a pattern, in its order: .suffix, ALL,
+    KNOWN, prefix. (ends with a dot), wildcards, else exact."""
+    if tok.startswith("."):
+        return "suffix"
+    if tok.upper() == "ALL":
+        return "all"
+    if tok.upper() == "KNOWN":
+        return "known"
+    if tok.endswith("."):
+        return "prefix"
+    if "*" in tok or "?" in tok:
+        return "glob"
+    return "exact"
+
+
+def _string_match(kind: str, value: str, text: str) -> bool:
+    """libwrap's string_match, `value` and `text` in lower case."""
+    if kind == "suffix":
+        # The text must be longer: ".example.com" is no match for example.com.
+        return len(text) > len(value) and text.endswith(value)
+    if kind == "all":
+        return True
+    if kind == "known":
+        return text != _UNKNOWN
+    if kind == "prefix":
+        return text.startswith(value)
+    if kind == "glob":
+        return _wildcard_match(value, text)
+    return text == value
+
+
+@dataclass(frozen=True)
+class _String:
+    """A pattern compared as a string: with the address text, and with the
+    name text when it is not spelt like an address (libwrap's NOT_INADDR)."""
+
+    text: str
+    kind: str
+    value: str       # lower case
+    on_name: bool
+
+    @classmethod
+    def of(cls, tok: str) -> "_String":
+        on_name = bool(tok.strip("0123456789./"))
+        return cls(tok, _string_kind(tok), tok.lower(), on_name)
+
+    def matches(self, host: _Host) -> bool:
+        return (_string_match(self.kind, self.value, host.addr_text)
+                or (self.on_name and _string_match(self.kind, self.value, host.name_text)))
+
+
 @dataclass(frozen=True)
 class _Keyword:
-    """ALL, KNOWN, UNKNOWN, PARANOID or LOCAL.  KNOWN, UNKNOWN and PARANOID
-    split every client in three, as in libwrap: a paranoid client is
-    neither known nor unknown."""
+    """KNOWN (address and name both known) or LOCAL (a known name without
+    a dot), the two keywords host_match reads before anything else."""
 
     text: str
     keyword: str
 
     def matches(self, host: _Host) -> bool:
-        if self.keyword == "ALL":
-            return True
         if self.keyword == "KNOWN":
-            return host.addr is not None and host.name is not None
-        if self.keyword == "UNKNOWN":
-            return host.addr is None or (host.name is None and not host.paranoid)
-        if self.keyword == "PARANOID":
-            return host.paranoid
-        return host.name is not None and "." not in host.name  # LOCAL
-
-
-@dataclass(frozen=True)
-class _Name:
-    """A host name (exact) or a .domain (suffix), without regard to case."""
-
-    text: str
-    value: str
-    suffix: bool
-
-    def matches(self, host: _Host) -> bool:
-        if host.name is None:
-            return False
-        if self.suffix:
-            # libwrap: the name must be longer than the pattern, so
-            # ".example.com" matches a.example.com, not example.com.
-            return len(host.name) > len(self.value) and host.name.endswith(self.value)
-        return host.name == self.value
-
-
-@dataclass(frozen=True)
-class _Glob:
-    """A pattern with `*` and `?`, on the address text or on the name."""
-
-    text: str
-    glob: str  # lower case, as names and address texts are compared
-    on_address: bool
-
-    def matches(self, host: _Host) -> bool:
-        if self.on_address:
-            subject = host.addr.compressed if host.addr is not None else None
-        else:
-            subject = host.name
-        return subject is not None and _wildcard_match(self.glob, subject)
+            return host.addr is not None and host.name_known
+        return host.name_known and "." not in host.name_text  # LOCAL
 
 
 @dataclass(frozen=True)
 class _Net:
-    """An address, a net., a net/mask or a prefix, IPv4 or IPv6."""
+    """An IPv4 net/mask or net/len, or an [IPv6]/len or bare IPv6 address:
+    matches a client of its own family only (an IPv4-mapped client is an
+    IPv4 one) whose masked address is `net`."""
 
     text: str
     version: int
@@ -187,12 +226,7 @@ class _Net:
 
     def matches(self, host: _Host) -> bool:
         a = host.addr
-        if a is None:
-            return False
-        if self.version == 4:
-            return a.version == 4 and int(a) & self.mask == self.net
-        value = int(a) if a.version == 6 else _MAPPED | int(a)
-        return value & self.mask == self.net
+        return a is not None and a.version == self.version and int(a) & self.mask == self.net
 
 
 @dataclass(frozen=True)
@@ -207,31 +241,32 @@ class _AnyOf:
 
 
 @dataclass(frozen=True)
-class _Daemon:
-    """A daemon pattern: ALL, a name, a glob or a .suffix on the service
-    name (without regard to case), with an optional @host part matched
-    against the server's address."""
+class _UserAt:
+    """user@host: ssl-gw makes no ident (RFC 931) query, so the user is
+    libwrap's "unknown" when the query fails: ALL, UNKNOWN and wildcards
+    that match "unknown" do, any user name does not."""
 
     text: str
-    kind: str                      # "all", "exact", "suffix" or "glob"
-    value: str                     # lower case
+    user: _String
+    host: object
+
+    def matches(self, host: _Host) -> bool:
+        return self.host.matches(host) and _string_match(self.user.kind, self.user.value, _UNKNOWN)
+
+
+@dataclass(frozen=True)
+class _Daemon:
+    """A daemon pattern: a string pattern on the service name, with an
+    optional @host part matched against the server's address."""
+
+    text: str
+    service: _String
     host: Optional[object]         # a host pattern, or None
 
-    def matches(self, service: str, server: Optional[_Host]) -> bool:
-        if not self._service_matches(service):
+    def matches(self, service: str, server: _Host) -> bool:
+        if not _string_match(self.service.kind, self.service.value, service):
             return False
-        if self.host is None:
-            return True
-        return server is not None and self.host.matches(server)
-
-    def _service_matches(self, service: str) -> bool:
-        if self.kind == "all":
-            return True
-        if self.kind == "glob":
-            return _wildcard_match(self.value, service)
-        if self.kind == "suffix":
-            return len(service) > len(self.value) and service.endswith(self.value)
-        return service == self.value
+        return self.host is None or self.host.matches(server)
 
 
 @dataclass(frozen=True)
@@ -262,7 +297,7 @@ class _Entry:
     verdict: Optional[bool]  # from allow/deny/twist or an option error; None: its file's
     note: str                # why `verdict` overrides the file, for the log
 
-    def matches(self, service: str, client: _Host, server: Optional[_Host]) -> bool:
+    def matches(self, service: str, client: _Host, server: _Host) -> bool:
         return self.daemons.matches(service, server) and self.clients.matches(client)
 
     def decide(self, file_grants: bool) -> Decision:
@@ -275,15 +310,17 @@ class _Entry:
 
 @dataclass(frozen=True)
 class _Table:
-    """One file's entries.  `unreadable`: it exists but could not be read,
-    which Debian's libwrap treats as an error: no grant from hosts.allow,
-    a refusal from hosts.deny."""
+    """One file's entries.  `broken` is the line (or 0: the whole file)
+    where libwrap stops with an error -- a file it cannot read, a line
+    too long or without its newline: such a file grants nothing from there
+    on, and in hosts.deny it refuses every client that gets that far."""
 
     path: str
     entries: tuple
-    unreadable: bool = False
+    broken: Optional[int] = None
+    why: str = ""
 
-    def first_match(self, service: str, client: _Host, server: Optional[_Host]) -> Optional[_Entry]:
+    def first_match(self, service: str, client: _Host, server: _Host) -> Optional[_Entry]:
         for entry in self.entries:
             if entry.matches(service, client, server):
                 return entry
@@ -315,136 +352,85 @@ def _wildcard_match(glob: str, text: str) -> bool:
     return all(c == "*" for c in glob[g:])
 
 
-def _glob(tok: str) -> _Glob:
-    if tok.startswith(".") or tok.endswith(".") or "/" in tok or "[" in tok:
-        raise _BadPattern("wildcards cannot be combined with the .domain, net., net/mask or [ipv6] forms")
-    # Digits, dots and wildcards, or a colon: an address; anything else
-    # is a name.  (libwrap tries such a pattern on both; an address never
-    # looks like a name, so only the spelling decides.)
-    if ":" in tok or set(tok) <= set("0123456789.*?"):
-        if not set(tok.lower()) <= set("0123456789abcdef:.*?"):
-            raise _BadPattern("not an address with wildcards")
-        return _Glob(tok, tok.lower(), True)
-    if not _NAME_RE.fullmatch(tok.replace("*", "x").replace("?", "x")):
-        raise _BadPattern("not a host name with wildcards")
-    return _Glob(tok, tok.lower(), False)
-
-
-def _suffix(tok: str) -> _Name:
-    if not _NAME_RE.fullmatch(tok[1:]):
-        raise _BadPattern("not a .domain (.example.com)")
-    return _Name(tok, tok.lower(), True)
-
-
-def _name(tok: str) -> _Name:
-    if not _NAME_RE.fullmatch(tok):
-        raise _BadPattern("not a host name, an address or a pattern")
-    return _Name(tok, tok.lower(), False)
-
-
 def _prefix_mask(length: int, bits: int) -> int:
     return ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1)
 
 
-def _length(text: str, bits: int) -> int:
-    if not re.fullmatch(r"[0-9]{1,3}", text) or int(text) > bits:
-        raise _BadPattern(f"the prefix length must be 0 to {bits}")
-    return int(text)
+def _inet_addr(text: str) -> Optional[int]:
+    """libwrap's dot_quad_addr: four runs of non-dots read by inet_addr(3)
+    (so 0x7f and 017 are numbers too), or None.  inet_addr answers
+    255.255.255.255 for an error, so libwrap cannot tell that address from
+    one: None for it too."""
+    if len([run for run in text.split(".") if run]) != 4:
+        return None
+    value = 0
+    for part in text.split("."):
+        m = re.fullmatch(r"0[xX]([0-9a-fA-F]*)|(0[0-7]*)|([1-9][0-9]*)", part)
+        if not m:
+            return None
+        n = int(m.group(1) or "0", 16) if m.group(1) is not None else int(m.group(2), 8) if m.group(2) else int(m.group(3))
+        if n > 255:
+            return None
+        value = value << 8 | n
+    return None if value == _ALL_V4 else value
 
 
-def _ipv4(text: str) -> ipaddress.IPv4Address:
-    try:
-        return ipaddress.IPv4Address(text)
-    except ValueError:
-        raise _BadPattern(f"'{text}' is not a dotted-quad IPv4 address") from None
+def _c_number(text: str, bits: int) -> Optional[int]:
+    """A prefix length as libwrap reads one (atoi for IPv4, strtoul for
+    IPv6): the leading digits, junk after them ignored; no digits is 0."""
+    m = re.match(r"[ \t]*([+-]?)([0-9]*)", text)
+    n = int(m.group(2) or "0")
+    if m.group(1) == "-" and n:
+        return None
+    return n
 
 
-def _ipv6(text: str) -> ipaddress.IPv6Address:
-    try:
-        return ipaddress.IPv6Address(text)
-    except ValueError:
-        raise _BadPattern(f"'{text}' is not an IPv6 address") from None
-
-
-def _v6net(tok: str, addr: ipaddress.IPv6Address, length: int) -> _Net:
-    mask = _prefix_mask(length, 128)
-    return _Net(tok, 6, int(addr) & mask, mask)
-
-
-def _bracketed(tok: str) -> _Net:
-    """[ipv6] or [ipv6]/len."""
-    close = tok.find("]")
-    if close < 0:
-        raise _BadPattern("'[' without ']'")
-    addr, rest = _ipv6(tok[1:close]), tok[close + 1:]
-    if not rest:
-        return _v6net(tok, addr, 128)
-    if not rest.startswith("/"):
-        raise _BadPattern("only /length may follow ']'")
-    return _v6net(tok, addr, _length(rest[1:], 128))
-
-
-def _netmask(tok: str) -> _Net:
-    """n.n.n.n/m.m.m.m, n.n.n.n/len, and (only possible in a /file list,
-    since a ':' ends the client list) an unbracketed ipv6/len."""
+def _masked(tok: str) -> object:
+    """net/mask (host_match splits at the first '/')."""
     net_text, mask_text = tok.split("/", 1)
-    if ":" in net_text:
-        return _v6net(tok, _ipv6(net_text), _length(mask_text, 128))
-    net = int(_ipv4(net_text))
-    if "." in mask_text:
-        # Any mask, contiguous or not, applied bit by bit as
-        # hosts_access(5) defines it: net == address & mask.  Host bits
-        # in the net are masked off too, as Debian's libwrap does.
-        mask = int(_ipv4(mask_text))
-    else:
-        mask = _prefix_mask(_length(mask_text, 32), 32)
-    return _Net(tok, 4, net & mask, mask)
-
-
-def _net_prefix(tok: str) -> _Net:
-    """net.: one to three leading numbers of an IPv4 address."""
-    octets = tok[:-1].split(".")
-    if not 1 <= len(octets) <= 3 or not all(_OCTET_RE.fullmatch(o) and int(o) <= 255 for o in octets):
-        raise _BadPattern("ends with '.' but is not a net. prefix (10. or 192.168.)")
-    net = sum(int(o) << (24 - 8 * i) for i, o in enumerate(octets))
-    return _Net(tok, 4, net, _prefix_mask(8 * len(octets), 32))
-
-
-def _address(tok: str) -> _Net:
-    if ":" in tok:
-        return _v6net(tok, _ipv6(tok), 128)
-    return _Net(tok, 4, int(_ipv4(tok)), _ALL_V4)
+    if net_text.startswith("[") and net_text.endswith("]"):
+        try:
+            net = ipaddress.IPv6Address(net_text[1:-1])
+        except ValueError:
+            raise _BadPattern(f"'{net_text[1:-1]}' is not an IPv6 address") from None
+        length = _c_number(mask_text, 128)
+        if length is None or length > 128:
+            raise _BadPattern("the prefix length of an [IPv6] net must be 0 to 128")
+        mask = _prefix_mask(length, 128)
+        # libwrap masks the net too: [2001:db8::1]/32 is [2001:db8::]/32.
+        return _Net(tok, 6, int(net) & mask, mask)
+    net = _inet_addr(net_text)
+    if net is None:
+        raise _BadPattern("the net of net/mask must be a dotted quad (or an [IPv6] address in brackets)")
+    mask = _inet_addr(mask_text)
+    if mask is None:
+        if mask_text == "255.255.255.255":
+            raise _BadPattern("libwrap reads the mask 255.255.255.255 as an error: write /32")
+        length = None if len([r for r in mask_text.split(".") if r]) == 4 else _c_number(mask_text, 32)
+        if length is None or not 1 <= length <= 32:
+            raise _BadPattern("the mask must be a dotted quad or a prefix length of 1 to 32 "
+                              "(libwrap matches nothing with /0: write 0.0.0.0/0.0.0.0)")
+        mask = _prefix_mask(length, 32)
+    if net & ~mask & _ALL_V4:
+        raise _BadPattern("the net has bits set outside its mask, which libwrap matches with nothing")
+    return _Net(tok, 4, net, mask)
 
 
 def _plain_host_pattern(tok: str):
-    """Every host pattern but @netgroup and /file, in libwrap's order of
-    precedence: keywords, wildcards, then the forms by their spelling."""
-    if tok.upper() in _KEYWORDS:
+    """Every host pattern but @netgroup and /file, in libwrap's order:
+    KNOWN, LOCAL, net/mask, [IPv6], then string_match."""
+    if tok.upper() in ("KNOWN", "LOCAL"):
         return _Keyword(tok, tok.upper())
-    if "*" in tok or "?" in tok:
-        return _glob(tok)
-    if tok.startswith("."):
-        return _suffix(tok)
-    if tok.startswith("["):
-        return _bracketed(tok)
     if "/" in tok:
-        return _netmask(tok)
-    if tok.endswith("."):
-        return _net_prefix(tok)
-    if ":" in tok or set(tok) <= set("0123456789."):
-        return _address(tok)
-    return _name(tok)
-
-
-def _daemon_name(tok: str) -> tuple:
-    """(kind, value) of the service part of a daemon pattern."""
-    if tok.upper() == "ALL":
-        return "all", ""
-    if "*" in tok or "?" in tok:
-        return "glob", tok.lower()
-    if tok.startswith(".") and len(tok) > 1:
-        return "suffix", tok.lower()
-    return "exact", tok.lower()
+        return _masked(tok)
+    if tok.startswith("[") and tok.endswith("]"):
+        # Compared as an IPv6 address: [0:0::1] is [::1]; an IPv4 client
+        # is never an IPv6 one, not even as [::ffff:127.0.0.1].
+        try:
+            return _Net(tok, 6, int(ipaddress.IPv6Address(tok[1:-1])), (1 << 128) - 1)
+        except ValueError:
+            raise _BadPattern("not an IPv6 address in brackets") from None
+    return _String.of(tok)
 
 
 # --------------------------------------------------------------------------
@@ -516,6 +502,11 @@ def _option_problem(name: str, value: Optional[str], last: bool) -> Optional[str
 # --------------------------------------------------------------------------
 # Files and lines.
 
+#: libwrap reads a logical line into 2048 bytes with its newline: longer is
+#: an error, as is a last line without a newline.
+MAX_LINE = 2046
+
+
 def _read_text(path: str) -> str:
     """The text of a regular file, or OSError/ValueError.  Opened without
     blocking (a FIFO named as a /file list must not hang ssl-gw's start)
@@ -525,35 +516,27 @@ def _read_text(path: str) -> str:
 
 
 def _logical_lines(text: str):
-    """(number of the first physical line, logical line) pairs.  A
-    backslash at the end of a line joins the next line to it with nothing
-    in between (libwrap's xgets); a CR before the newline is dropped."""
+    """(number of the first physical line, logical line, trouble) for each
+    line, as libwrap's xgets reads them: a backslash just before the
+    newline joins the next line with nothing in between (a CR before the
+    newline stays, and is a blank to the lists).  `trouble` says why
+    libwrap cannot read a line -- too long, or no newline at the end of
+    the file -- and is None for the others."""
     physical = text.split("\n")
-    if physical[-1] == "":
-        physical.pop()
+    tail = physical.pop()  # after the last newline: "" or a line without one
     parts, start = [], 1
     for number, raw in enumerate(physical, 1):
-        if raw.endswith("\r"):
-            raw = raw[:-1]
         if not parts:
             start = number
         if raw.endswith("\\"):
             parts.append(raw[:-1])
             continue
         parts.append(raw)
-        yield start, "".join(parts)
+        line = "".join(parts)
+        yield start, line, (f"longer than libwrap's {MAX_LINE} characters" if len(line) > MAX_LINE else None)
         parts = []
-    if parts:
-        yield start, "".join(parts)
-
-
-def _strip_comment(line: str) -> tuple:
-    """(the line before its first '#' not escaped by a backslash, whether
-    there was one)."""
-    for m in re.finditer("#", line):
-        if m.start() == 0 or line[m.start() - 1] != "\\":
-            return line[:m.start()], True
-    return line, False
+    if parts or tail:
+        yield (start if parts else len(physical) + 1), "".join(parts) + tail, "without a newline at its end"
 
 
 def _split_colon(text: str) -> tuple:
@@ -602,40 +585,42 @@ class _Reader:
         except FileNotFoundError:
             return _Table(path, ())
         except (OSError, ValueError) as e:
-            self.warn(path, f"cannot be read: {getattr(e, 'strerror', None) or e}")
-            return _Table(path, (), unreadable=True)
-        entries = [e for e in (self._entry(path, n, line) for n, line in _logical_lines(text)) if e]
-        self._check_last_line(path, text)
+            why = f"cannot be read: {getattr(e, 'strerror', None) or e}"
+            self.warn(path, why)
+            return _Table(path, (), broken=0, why=why)
+        entries = []
+        for number, line, trouble in _logical_lines(text):
+            if trouble:
+                # libwrap stops reading the file here with an error.
+                why = f"line {number} is {trouble}"
+                self.warn(f"{path}:{number}", f"{why}: libwrap stops reading the file there, so from there it "
+                                              "grants nothing, and in hosts.deny refuses every client; so does ssl-gw")
+                return _Table(path, tuple(entries), broken=number, why=why)
+            entry = self._entry(path, number, line)
+            if entry:
+                entries.append(entry)
         return _Table(path, tuple(entries))
-
-    def _check_last_line(self, path: str, text: str) -> None:
-        last = text.rsplit("\n", 1)[-1]
-        if last.strip() and not last.lstrip().startswith("#"):
-            self.warn(f"{path}:{text.count(chr(10)) + 1}",
-                      "no newline at the end of the file: libwrap skips this line; ssl-gw reads it")
 
     def _entry(self, path: str, line: int, text: str) -> Optional[_Entry]:
         where = f"{path}:{line}"
-        if not text.strip(" \t\r\n") or text.lstrip(" \t\r\n").startswith("#"):
+        # libwrap: a comment starts with '#' in the first column, and only
+        # there; a line of blanks is skipped.
+        if text.startswith("#") or not text.strip(" \t\r\n"):
             return None
         if "\0" in text:
             self.warn(where, "a NUL byte in the line: skipped, as libwrap skips it")
             return None
-        text, had_comment = _strip_comment(text)
-        if had_comment:
-            self.warn(where, "the text after '#' is taken as a comment "
-                             "(libwrap 7.6 reads it as part of the entry)")
-            if not text.strip(" \t\r\n"):
-                return None
         head, rest = _split_colon(text)
         if rest is None:
             self.warn(where, "missing ':' separator (daemon_list : client_list [: option ...]): skipped")
             return None
+        if "#" in text:
+            self.warn(where, "'#' after the start of a line is no comment: libwrap reads the words after it "
+                             "as part of the entry, and so does ssl-gw")
         client_text, option_text = _split_colon(rest)
         daemon_words, client_words = _words(head), _words(client_text)
         if not daemon_words or not client_words:
-            self.warn(where, f"empty {'daemon' if not daemon_words else 'client'} list: skipped")
-            return None
+            self.warn(where, f"empty {'daemon' if not daemon_words else 'client'} list: matches nothing")
         daemons = self._list(where, daemon_words, self._daemon_pattern, "daemon")
         clients = self._list(where, client_words, self._client_pattern, "client")
         verdict, note = self._options(where, option_text)
@@ -650,7 +635,9 @@ class _Reader:
             else:
                 current.append(compile_one(where, word))
         groups.append(tuple(current))
-        if not groups[0]:
+        if not words:
+            pass  # the entry already said so
+        elif not groups[0]:
             self.warn(where, f"the {what} list starts with EXCEPT: it matches nothing")
         elif not all(groups):
             self.warn(where, f"an EXCEPT in the {what} list has no pattern after it: it excepts nothing")
@@ -660,28 +647,33 @@ class _Reader:
 
     def _daemon_pattern(self, where: str, tok: str) -> _Daemon:
         at = tok.find("@", 1)
-        name, host = (tok, None) if at < 0 else (tok[:at], self._server_pattern(where, tok, tok[at + 1:]))
-        kind, value = _daemon_name(name)
-        return _Daemon(tok, kind, value, host)
-
-    def _server_pattern(self, where: str, tok: str, host_text: str):
-        """The @host of daemon@host: matched against the server's address
-        only, since ssl-gw does not look its own names up."""
-        pattern = self._host_pattern(where, host_text) if host_text else None
-        if pattern is None:
+        if at < 0:
+            return _Daemon(tok, _String.of(tok), None)
+        host_text = tok[at + 1:]
+        if not host_text:
             self.warn(where, f"'{tok}': no host after '@': never matches")
-            return _Never(tok)
-        if isinstance(pattern, _Name) or (isinstance(pattern, _Glob) and not pattern.on_address):
-            self.warn(where, f"'{tok}': the server's name is not looked up, only its address: never matches")
-            return _Never(tok)
-        return pattern
+            host = _Never(tok)
+        else:
+            host = self._host_pattern(where, host_text)
+            if self._names_server(host):
+                self.warn(where, f"'{tok}': ssl-gw does not look its own address up, so the server's name is "
+                                 "\"unknown\" to this pattern (libwrap would look it up)")
+        return _Daemon(tok, _String.of(tok[:at]), host)
+
+    @staticmethod
+    def _names_server(pattern) -> bool:
+        return (isinstance(pattern, _String) and pattern.on_name and pattern.kind != "all") or (
+            isinstance(pattern, _Keyword))
 
     def _client_pattern(self, where: str, tok: str):
-        if "@" in tok[1:]:
-            self.warn(where, f"'{tok}': user@host needs an ident (RFC 931) look-up, "
-                             "which ssl-gw does not make: never matches")
-            return _Never(tok)
-        return self._host_pattern(where, tok)
+        at = tok.find("@", 1)
+        if at < 0:
+            return self._host_pattern(where, tok)
+        user = _String.of(tok[:at])
+        if not _string_match(user.kind, user.value, _UNKNOWN):
+            self.warn(where, f"'{tok}': the user is \"unknown\" to ssl-gw, which makes no ident (RFC 931) "
+                             "query: never matches")
+        return _UserAt(tok, user, self._host_pattern(where, tok[at + 1:]))
 
     def _host_pattern(self, where: str, tok: str, depth: int = 0):
         if tok.startswith("@"):
@@ -721,18 +713,16 @@ class _Reader:
         except (OSError, ValueError) as e:
             self.warn(where, f"'{path}': cannot be read ({getattr(e, 'strerror', None) or e}): matches nothing")
             return _Never(path)
-        patterns, commented = [], False
+        patterns = []
         for number, line in enumerate(text.split("\n"), 1):
-            line, had_comment = _strip_comment(line)
-            commented = commented or had_comment
-            for word in line.split():
+            for word in _words(line):
                 if word.upper() == "EXCEPT":
                     self.warn(f"{path}:{number}", "EXCEPT has no meaning in a /file list: never matches")
                     continue
                 patterns.append(self._host_pattern(f"{path}:{number}", word, depth + 1))
-        if commented:
-            self.warn(path, "the text after '#' is taken as a comment "
-                            "(libwrap 7.6 reads the words after it as patterns)")
+        if "#" in text:
+            self.warn(path, "'#' is no comment in a /file list: libwrap reads the words after it as "
+                            "patterns, and so does ssl-gw")
         return _AnyOf(path, tuple(patterns))
 
     # ---- options
@@ -776,11 +766,11 @@ def _needs_name(pattern) -> bool:
         return any(_needs_name(p) for group in pattern.groups for p in group)
     if isinstance(pattern, _AnyOf):
         return any(_needs_name(p) for p in pattern.patterns)
-    if isinstance(pattern, _Keyword):
-        return pattern.keyword != "ALL"
-    if isinstance(pattern, _Glob):
-        return not pattern.on_address
-    return isinstance(pattern, _Name)
+    if isinstance(pattern, _UserAt):
+        return _needs_name(pattern.host)
+    if isinstance(pattern, _String):
+        return pattern.on_name and pattern.kind != "all"
+    return isinstance(pattern, _Keyword)
 
 
 class Tables:
@@ -813,19 +803,20 @@ class Tables:
         """hosts_access: may `client` use `service` (a daemon name as
         stunnel makes it, e.g. "imap" or "localhost.143")?  `server_addr`,
         the address the client connected to, is what daemon@host patterns
-        match; without it they never match."""
+        match; without it the server is libwrap's "unknown" host."""
         allow, deny = self._tables
         service = str(service).lower()
         host = _Host.of(client.addr, client.name, client.paranoid)
-        server = _Host.of(server_addr) if server_addr is not None else None
+        server = _Host.of(server_addr)
         entry = allow.first_match(service, host, server)
         if entry is not None:
             return entry.decide(file_grants=True)
-        if deny.unreadable:
-            return Decision(False, deny.path, f"{DENY_FILE} cannot be read: refused, as libwrap refuses")
         entry = deny.first_match(service, host, server)
         if entry is not None:
             return entry.decide(file_grants=False)
+        if deny.broken is not None:
+            where = f"{deny.path}:{deny.broken}" if deny.broken else deny.path
+            return Decision(False, where, f"{DENY_FILE} {deny.why}: refused, as libwrap refuses")
         return Decision(True, None, f"no entry of {ALLOW_FILE} or {DENY_FILE} matches: granted")
 
 
