@@ -12,7 +12,9 @@ Access is granted when an entry of hosts.allow matches, else refused when
 an entry of hosts.deny matches, else granted; the first matching entry of
 a file decides.  Everything a line or a pattern cannot mean -- a missing
 ':', a netgroup, an option ssl-gw does not carry out -- is a warning
-("FILE:LINE: text") in `Tables.warnings`.
+("FILE:LINE: text") in `Tables.warnings`.  Every decision is libwrap's
+own, quirks included (tests/test_tcpwrap_libwrap.py asks libwrap.so.0):
+what an administrator tested with tcpdmatch(8) must hold here.
 
 What it trusts: nothing in the files.  Any bytes give entries and
 warnings, never an exception.  The client's name must already be
@@ -25,9 +27,9 @@ lists are out of reach.
 What it must never do: run a command, whatever an entry says (`spawn`
 and `twist` are warnings: a firewall component does not execute its
 tables); grant access through an entry whose options it cannot honour
-(libwrap refuses such a client, and so does this module); let a name
-pattern match a client without a confirmed name, or an address pattern
-match a name.
+(libwrap refuses such a client, and so does this module); let a client
+without a confirmed name be matched by a name: it is "unknown" (or
+"paranoid") to every pattern, as in libwrap.
 """
 
 from __future__ import annotations
