@@ -62,7 +62,17 @@ def test_sslgw_stunnel_command_line(table):
     r = run("ssl-gw", "-x")
     assert r.returncode == 1 and "option -x not recognized" in r.stderr and "usage: ssl-gw" in r.stderr
     r = run("ssl-gw", "-p", "/x.pem")
-    assert r.returncode == 1 and "the -r option must be used" in r.stderr
+    assert r.returncode == 1 and "give -r [host:]port, or -l program" in r.stderr
+    r = run("ssl-gw", "-p", "/x.pem", "-r", "imap", "-l", "/bin/cat")
+    assert r.returncode == 1 and "-r and -l: give one of them" in r.stderr
+    r = run("ssl-gw", "-r", "imap", "-n", "smtp")
+    assert r.returncode == 1 and "-n smtp: ssl-gw negotiates TLS as the client (-c)" in r.stderr
+    r = run("ssl-gw", "-c", "-r", "imap", "-n", "imap")
+    assert r.returncode == 1 and "-n imap: the protocols are smtp, pop3, nntp" in r.stderr
+    r = run("ssl-gw", "-r", "imap", "-D", "nosuch.7")
+    assert r.returncode == 1 and "-D nosuch.7: 'nosuch' is not a syslog facility" in r.stderr
+    r = run("ssl-gw", "-r", "imap", "-D", "8")
+    assert r.returncode == 1 and "-D 8: the level is 0 to 7" in r.stderr
     path = table("imap: verify 9\n")
     r = run("ssl-gw", "-r", "imap", "-s", "nobody", "-g", "nobody", "-p", "/x.pem", env={"NETPERM_TABLE": path})
     assert r.returncode == 2

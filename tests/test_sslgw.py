@@ -38,7 +38,7 @@ class Gw:
                               f"ssl-gw: minspare 2\n" + table)
         self.logfile = base / "gw.log"
         argv = [command("ssl-gw"), "--config", str(self.table), "-f", "-d", f"127.0.0.1:{self.port}",
-                "-r", remote, *args]
+                *(["-r", remote] if remote else []), *args]
         with open(self.logfile, "wb") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
         wait_for(lambda: "started: listening" in self.log() or self.proc.poll() is not None,

@@ -88,6 +88,47 @@ def server_context(pem: str, *, tls_min: str = "1.2", ciphers: Optional[str] = N
     return ctx
 
 
+def client_context(pem: Optional[str] = None, *, tls_min: str = "1.2", ciphers: Optional[str] = None,
+                   verify: int = 0, ca_file: Optional[str] = None, ca_dir: Optional[str] = None) -> ssl.SSLContext:
+    """ssl-gw -c's context, for the TLS server it connects to: the same
+    protocols and ciphers as a server context, `pem` as the client
+    certificate when given, and stunnel 3's levels for the server's
+    certificate: 0 not verified (stunnel 3's default), 1 and 2 verified
+    against `ca_file`/`ca_dir` (a server always shows one, so "when
+    offered" is always), 3 also one of the locally installed ones
+    (`check_peer`).  The name is not compared with the certificate, as
+    stunnel 3 did not: level 3 pins the certificate itself."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = VERSIONS[tls_min]
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    ctx.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+    try:
+        ctx.set_ciphers(ciphers or DEFAULT_CIPHERS)
+    except ssl.SSLError:
+        raise TlsError(f"no usable cipher in {ciphers!r}") from None
+    ctx.check_hostname = False
+    if pem:
+        try:
+            ctx.load_cert_chain(pem, password=_no_password)
+        except OSError as e:
+            raise TlsError(f"{pem}: {e.strerror}") from None
+        except (ssl.SSLError, ValueError, TypeError) as e:
+            raise TlsError(f"{pem}: not a usable private key and certificate ({_reason(e)})") from None
+    if verify <= 0:
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    if not (ca_file or ca_dir):
+        raise TlsError(f"verify level {verify} needs CA certificates (-A file or -a directory)")
+    try:
+        ctx.load_verify_locations(cafile=ca_file, capath=ca_dir)
+    except (OSError, ssl.SSLError) as e:
+        raise TlsError(f"{ca_file or ca_dir}: cannot load CA certificates ({_reason(e)})") from None
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if verify >= 3:
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return ctx
+
+
 def _no_password():
     # Called only for an encrypted key: a daemon has nobody to ask.
     raise TypeError("the private key is encrypted; a daemon cannot ask for its pass phrase")
@@ -122,15 +163,16 @@ def local_certificates(ca_file: Optional[str] = None, ca_dir: Optional[str] = No
 
 
 def check_peer(sock: ssl.SSLSocket, verify: int, local: frozenset = frozenset()) -> Optional[str]:
-    """After the handshake: None when the client may go on, else why not
+    """After the handshake: None when the peer may go on, else why not
     (level 3: its certificate is not one of the local ones)."""
     if verify < 3:
         return None
+    side = "client" if sock.server_side else "server"
     der = sock.getpeercert(binary_form=True)
     if der is None:
-        return "no client certificate"
+        return f"no {side} certificate"
     if der not in local:
-        return f"client certificate {peer_subject(sock) or '?'} is not one of the locally installed ones"
+        return f"{side} certificate {peer_subject(sock) or '?'} is not one of the locally installed ones"
     return None
 
 

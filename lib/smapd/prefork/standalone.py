@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import stat
+import sys
 
 from smapd.addresses import client_address
 from smapd.exits import EXIT_OK, EXIT_RUNTIME, Unusable
@@ -50,6 +51,19 @@ def silence_inetd_output(prog: str) -> bool:
     os.dup2(devnull, 2)
     os.close(devnull)
     return True
+
+
+def _tell(prog: str, message: str) -> None:
+    """An error before any connection: to the log, and to a terminal too
+    (typed at a shell, the program is no inetd service: its user reads
+    stderr, and syslog may be elsewhere or nowhere)."""
+    log.error("%s", message)
+    if stderr_is_socket():
+        return
+    if any(isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr
+           for h in log.handlers):
+        return  # the log is stderr already
+    print(f"{prog}: {message}", file=sys.stderr)
 
 
 class One:
@@ -88,10 +102,11 @@ def serve_one(service, settings, allow_root: bool = False, tag=None, problems=()
         conn = socket.socket(fileno=os.dup(0))
         peer = conn.getpeername()
     except OSError:
-        log.error("standard input is not a connected socket: run %s from inetd, or as a daemon", service.prog)
+        _tell(service.prog, f"standard input is not a connected socket: run {service.prog} from inetd, "
+                            "or as a daemon")
         return EXIT_RUNTIME
     if conn.family not in (socket.AF_INET, socket.AF_INET6):
-        log.error("standard input is not a TCP socket")
+        _tell(service.prog, "standard input is not a TCP socket")
         return EXIT_RUNTIME
     addr = str(client_address(peer[0]))
     problems = list(problems) + service.problems(settings, standalone=True)

@@ -3,7 +3,11 @@
 What it does: turns the stunnel letters into settings on top of the
 table (`-p` pem, `-r` connect, `-d` accept, `-v` verify, `-A` ca-file,
 `-a` ca-dir, `-s` userid, `-g` groupid, `-t` timeout, `-C` ciphers, `-P`
-pidfile; a letter wins over the table's line), prepares what a
+pidfile, `-D` log-facility; a letter wins over the table's line), and
+stunnel 3's roles (`Role`): a TLS server in front of `-r` or of a program
+(`-l`, the decrypted stream on its stdin and stdout), or with `-c` a TLS
+client in front of a TLS server at `-r`, after `-n`'s STARTTLS (or STLS)
+when asked (negotiate.py).  It prepares what a
 connection needs while still root (the TLS context with its key, the
 locally installed certificates of verify level 3, the backend's address,
 the TCP wrappers tables, the resolver), and serves connections: in inetd
@@ -30,17 +34,20 @@ or relay as root.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import signal
 import socket
 import ssl
+import subprocess
 import time
 from dataclasses import dataclass, field
 
 from smapd.table import keywords
 from smapd import dnsclient
 from smapd import log as slog
-from smapd.sslgw import relay
+from smapd.sslgw import negotiate, relay
 from smapd import tls
 from smapd.sockets import no_delay, readable
 from smapd.table.netperm import ConfigError, Diagnostic, Table, check_hosts
@@ -58,6 +65,30 @@ LETTERS = {"-p": "pem", "-r": "connect", "-d": "accept", "-v": "verify", "-A": "
 DEBUG_LEVELS = {0: logging.CRITICAL, 1: logging.CRITICAL, 2: logging.CRITICAL, 3: logging.ERROR,
                 4: logging.WARNING, 5: logging.INFO, 6: logging.INFO, 7: logging.DEBUG}
 
+
+def debug_level(text: str) -> tuple:
+    """stunnel's `-D [facility.]level` -> (facility or None, level 0-7);
+    ValueError with the reason."""
+    import logging.handlers
+    facility, _, level = text.rpartition(".")
+    if level not in [str(i) for i in range(8)]:
+        raise ValueError("the level is 0 to 7, after an optional facility and a dot (mail.7)")
+    if facility and facility.lower() not in logging.handlers.SysLogHandler.facility_names:
+        raise ValueError(f"{facility!r} is not a syslog facility")
+    return (facility.lower() or None), int(level)
+
+
+@dataclass(frozen=True)
+class Role:
+    """What this ssl-gw is, from stunnel 3's letters: a TLS server in front
+    of -r (the default), a TLS server in front of a program (`program`:
+    -l's argv), or a TLS client (-c) in front of the TLS server at -r,
+    negotiating `negotiate` (-n) first."""
+
+    client: bool = False
+    program: tuple = ()
+    negotiate: str = None
+
 LOOKUP_LIFETIME = 5.0
 
 
@@ -69,16 +100,24 @@ class CommandLine:
     line: int = 0
 
 
-def apply_options(settings, opts: dict) -> list:
-    """Put the stunnel letters into `settings`; the errors, as Diagnostics."""
+def apply_options(settings, opts: dict, service: str = "ssl-gw", prog: str = "ssl-gw") -> list:
+    """Put the stunnel letters into `settings`; the errors, as Diagnostics.
+    stunnel 3's `-P none` (or an empty -P) writes no pid file, and `-P
+    dir/` writes PROG.SERVICE.pid in that directory."""
     errors = []
+    if "-D" in opts:
+        facility, _ = debug_level(opts["-D"])
+        if facility:
+            settings.override("log-facility", facility, CommandLine("command line -D"))
     for letter, keyword in LETTERS.items():
         if letter not in opts:
             continue
         value = opts[letter]
-        if letter == "-P" and value == "":
+        if letter == "-P" and value in ("", "none"):
             settings.override(keyword, None, CommandLine(f"command line {letter}"))
             continue
+        if letter == "-P" and value.endswith("/"):
+            value = os.path.join(value, f"{prog}.{service}.pid")
         kw = keywords.KEYWORDS[(keywords.SSLGW, keyword)]
         try:
             parsed = kw.type.parse([value])
@@ -89,13 +128,18 @@ def apply_options(settings, opts: dict) -> list:
     return errors
 
 
-def load_settings(table: str, names: tuple, opts: dict):
+def load_settings(table: str, names: tuple, opts: dict, optional: bool = False):
     """ssl-gw's settings: the table's lines for `names`, the letters over
     them, then the rules between keywords (table/rules.py) on the result.
-    ConfigError with every error."""
+    `optional`: a missing table is an empty one (the default table, which
+    stunnel 3's users never had).  ConfigError with every error."""
     from smapd.table.rules import evaluate
-    settings = keywords.load_or_die(Table.read(table), keywords.SSLGW, names, rules=False).settings
-    errors = apply_options(settings, opts)
+    if optional and not os.path.lexists(table):
+        parsed = Table.parse(b"", table)
+    else:
+        parsed = Table.read(table)
+    settings = keywords.load_or_die(parsed, keywords.SSLGW, names, rules=False).settings
+    errors = apply_options(settings, opts, names[-1], names[0])
     errors += [d for d in evaluate(settings, table) if d.severity == "error"]
     if errors:
         raise ConfigError(errors)
@@ -115,7 +159,7 @@ class Prepared:
     context: ssl.SSLContext
     verify: int
     local: frozenset
-    backend: tuple            # (family, sockaddr)
+    backend: tuple            # (family, sockaddr); None with -l
     backend_text: str
     wrappers: object          # tcpwrap.Tables, or None
     hosts: tuple
@@ -126,35 +170,63 @@ class Prepared:
     maxperhost: int = 0
     maxpernet: int = 0
     needs_names: bool = field(default=True)
+    role: Role = field(default_factory=Role)
+    server_hostname: str = None  # -c: the name sent in the ClientHello (SNI)
 
 
 class GatewayError(Unusable):
     """What makes a gateway impossible: no certificate, a key that will not
-    load, no backend address."""
+    load, no backend address, no program to run."""
 
 
-def prepare(settings, service: str) -> Prepared:
+def _check_program(program: str, directory: str) -> None:
+    """-l's program must be an absolute path (no shell, no PATH) to an
+    executable file, inside the jail when there is one."""
+    if not os.path.isabs(program):
+        raise GatewayError(f"-l {program}: give the program's absolute path (it is run without a shell)")
+    path = os.path.join(directory, program.lstrip("/")) if directory else program
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        where = f" inside the directory {directory}" if directory else ""
+        raise GatewayError(f"-l {program}: not an executable file{where}")
+
+
+def prepare(settings, service: str, role: Role = Role()) -> Prepared:
     """Raises GatewayError with the reason (file and line where there is one)."""
     pem = settings["pem"]
-    if pem is None:
+    if pem is None and not role.client:
         raise GatewayError("no certificate: give -p PEM, or pem in the table")
     connect = settings["connect"]
-    if connect is None:
-        raise GatewayError("no backend: give -r [host:]port")
+    if connect is None and not role.program:
+        raise GatewayError("no backend: give -r [host:]port, or -l program")
     verify = settings["verify"]
+    common = dict(tls_min=settings["tls-min"], ciphers=settings["ciphers"], verify=verify,
+                  ca_file=settings["ca-file"], ca_dir=settings["ca-dir"])
     try:
-        context = tls.server_context(pem, tls_min=settings["tls-min"], ciphers=settings["ciphers"], verify=verify,
-                                     ca_file=settings["ca-file"], ca_dir=settings["ca-dir"], half_close=True)
+        if role.client:
+            context = tls.client_context(pem, **common)
+        else:
+            context = tls.server_context(pem, **common, half_close=True)
         local = tls.local_certificates(settings["ca-file"], settings["ca-dir"]) if verify >= 3 else frozenset()
     except tls.TlsError as e:
         raise GatewayError(str(e)) from None
     if verify >= 3 and not local:
-        raise GatewayError("verify level 3 needs the clients' certificates installed locally (-A or -a)")
-    host, port = connect
-    try:
-        family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except socket.gaierror as e:
-        raise GatewayError(f"backend {host}:{port}: {e.strerror}") from None
+        raise GatewayError(f"verify level 3 needs the {'server' if role.client else 'clients'}' certificates "
+                           "installed locally (-A or -a)")
+    backend, server_hostname = None, None
+    if role.program:
+        _check_program(role.program[0], settings["directory"])
+        backend_text = role.program[0]
+    else:
+        host, port = connect
+        try:
+            family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        except socket.gaierror as e:
+            raise GatewayError(f"backend {host}:{port}: {e.strerror}") from None
+        backend, backend_text = (family, sockaddr), f"{host}:{port}"
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            server_hostname = host  # SNI takes names only
     wrappers = None
     if settings["tcpwrappers"]:
         from smapd.sslgw import tcpwrap
@@ -164,12 +236,12 @@ def prepare(settings, service: str) -> Prepared:
     hosts = settings["hosts"]
     needs_names = bool(wrappers and wrappers.needs_names) or any(
         p.kind in ("name", "unknown") for rule in hosts for p in rule.patterns)
-    return Prepared(service=service, context=context, verify=verify, local=local, backend=(family, sockaddr),
-                   backend_text=f"{host}:{port}", wrappers=wrappers, hosts=hosts,
+    return Prepared(service=service, context=context, verify=verify, local=local, backend=backend,
+                   backend_text=backend_text, wrappers=wrappers, hosts=hosts,
                    resolver=dnsclient.make_resolver(settings["resolver"], lifetime=LOOKUP_LIFETIME),
                    handshake_timeout=settings["handshake-timeout"], connect_timeout=settings["connect-timeout"],
                    idle=settings["timeout"], maxperhost=settings["maxperhost"], maxpernet=settings["maxpernet"],
-                   needs_names=needs_names)
+                   needs_names=needs_names, role=role, server_hostname=server_hostname)
 
 
 def admitted(gw: Prepared, addr: str, port: int, server_addr: str = None) -> bool:
@@ -202,7 +274,8 @@ FIRST_BYTE = 2.0
 
 
 def handle(conn: socket.socket, addr: str, port: int, gw: Prepared, first_byte: float = None) -> None:
-    """One admitted client: handshake, backend, relay, log.  Closes `conn`.
+    """One admitted client: handshake (or, with -c, the connection to the
+    TLS server), backend or program, relay, log.  Closes `conn`.
     `first_byte`: seconds for the ClientHello to begin, else the
     handshake time-out is all."""
     started = time.monotonic()
@@ -212,19 +285,29 @@ def handle(conn: socket.socket, addr: str, port: int, gw: Prepared, first_byte: 
                     min(first_byte, gw.handshake_timeout))
         conn.close()
         return
+    # No Nagle on either relay socket (stunnel sets it too): each read is
+    # relayed as one write, and a small trailing write would otherwise
+    # wait for the peer's delayed ACK (40 ms), as would a fatal alert
+    # before the close.
     try:
-        # No Nagle on either relay socket (stunnel sets it too): each read
-        # is relayed as one write, and a small trailing write would
-        # otherwise wait for the peer's delayed ACK (40 ms), as would a
-        # fatal alert before the close.
         no_delay(conn)
+    except OSError:
+        pass
+    if gw.role.client:
+        _as_client(conn, addr, port, gw, started)
+    else:
+        _as_server(conn, addr, port, gw, started)
+
+
+def _as_server(conn, addr: str, port: int, gw: Prepared, started: float) -> None:
+    try:
         conn.settimeout(gw.handshake_timeout)
         sock = gw.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
     except (OSError, ValueError) as e:
         log.warning("%s: %s:%d: %s", gw.service, addr, port, e)
         conn.close()
         return
-    backend = None
+    backend = program = None
     try:
         try:
             sock.do_handshake()
@@ -243,24 +326,123 @@ def handle(conn: socket.socket, addr: str, port: int, gw: Prepared, first_byte: 
         if subject:
             log.info("%s: VERIFY OK: %s", gw.service, subject)
         log.info("%s: %s:%d: %s", gw.service, addr, port, tls.describe(sock))
-        try:
-            backend = socket.socket(gw.backend[0], socket.SOCK_STREAM)
-            no_delay(backend)
-            backend.settimeout(gw.connect_timeout)
-            backend.connect(gw.backend[1])
-        except OSError as e:
-            log.error("%s: connect to %s: %s", gw.service, gw.backend_text,
-                      "timed out" if isinstance(e, socket.timeout) else (e.strerror or e))
-            return
-        counts = relay.relay(sock, backend, gw.idle)
-        log.info("Connection closed: %d bytes sent to SSL, %d bytes sent to socket", counts.to_ssl,
-                 counts.to_socket)
-        log.info("%s: %s:%d: %s after %.2fs", gw.service, addr, port, counts.ended_by,
-                 time.monotonic() - started)
+        if gw.role.program:
+            backend, program = _run_program(gw, addr, port)
+        else:
+            backend = _connect_backend(gw)
+        if backend is not None:
+            _relay(sock, backend, gw, addr, port, started)
     finally:
         if backend is not None:
             backend.close()
         sock.close()
+        if program is not None:
+            _reap(program, gw)
+
+
+def _as_client(conn, addr: str, port: int, gw: Prepared, started: float) -> None:
+    """-c: the plain client on `conn`, TLS to the server at -r (after -n's
+    negotiation)."""
+    backend = _connect_backend(gw)
+    if backend is None:
+        conn.close()
+        return
+    sock = None
+    try:
+        if gw.role.negotiate:
+            try:
+                negotiate.negotiate(gw.role.negotiate, backend, conn, gw.handshake_timeout, socket.gethostname())
+            except (negotiate.NegotiationError, OSError) as e:
+                log.warning("%s: %s with %s: %s", gw.service, gw.role.negotiate, gw.backend_text, e)
+                return
+        backend.settimeout(gw.handshake_timeout)
+        sock = gw.context.wrap_socket(backend, server_side=False, server_hostname=gw.server_hostname,
+                                      do_handshake_on_connect=False)
+        try:
+            sock.do_handshake()
+        except socket.timeout:
+            log.warning("%s: SSL_connect to %s: timed out after %gs", gw.service, gw.backend_text,
+                        gw.handshake_timeout)
+            return
+        except (ssl.SSLError, OSError) as e:
+            log.warning("%s: SSL_connect to %s: %s", gw.service, gw.backend_text, tls.handshake_failure(e))
+            return
+        refused = tls.check_peer(sock, gw.verify, gw.local)
+        if refused:
+            log.warning("%s: %s: REFUSED: %s", gw.service, gw.backend_text, refused)
+            return
+        log.info("%s: %s: %s", gw.service, gw.backend_text, tls.describe(sock))
+        _relay(sock, conn, gw, addr, port, started)
+    finally:
+        (sock or backend).close()
+        conn.close()
+
+
+def _connect_backend(gw: Prepared):
+    """The connection to -r, or None (logged)."""
+    backend = socket.socket(gw.backend[0], socket.SOCK_STREAM)
+    try:
+        no_delay(backend)
+        backend.settimeout(gw.connect_timeout)
+        backend.connect(gw.backend[1])
+        return backend
+    except OSError as e:
+        log.error("%s: connect to %s: %s", gw.service, gw.backend_text,
+                  "timed out" if isinstance(e, socket.timeout) else (e.strerror or e))
+        backend.close()
+        return None
+
+
+#: Seconds a -l program has to exit once its stream is closed.
+PROGRAM_EXIT = 5.0
+
+
+def _run_program(gw: Prepared, addr: str, port: int) -> tuple:
+    """-l: the program with the stream as its stdin, stdout and stderr (as
+    inetd gives it), no shell, the environment stunnel 3 gives (REMOTE_HOST)
+    and a PATH.  (our end of the stream, the process), or (None, None)."""
+    ours, theirs = socket.socketpair()
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "REMOTE_HOST": addr, "REMOTE_PORT": str(port)}
+    try:
+        program = subprocess.Popen(list(gw.role.program[1:]), executable=gw.role.program[0],
+                                   stdin=theirs, stdout=theirs, stderr=theirs, env=env, cwd="/",
+                                   close_fds=True, preexec_fn=_default_signals)
+    except OSError as e:
+        log.error("%s: cannot run %s: %s", gw.service, gw.role.program[0], e.strerror or e)
+        ours.close()
+        return None, None
+    finally:
+        theirs.close()
+    log.info("%s: %s:%d: running %s (pid %d)", gw.service, addr, port, gw.role.program[0], program.pid)
+    return ours, program
+
+
+def _default_signals() -> None:
+    # A child ignores HUP and USR1 (the master's signals); a program must
+    # not inherit that.
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _reap(program, gw: Prepared) -> None:
+    """Wait for a -l program (its stream is closed); kill it if it stays."""
+    try:
+        status = program.wait(PROGRAM_EXIT)
+    except subprocess.TimeoutExpired:
+        program.kill()
+        status = program.wait()
+        log.warning("%s: %s (pid %d) killed: still running %gs after its stream closed", gw.service,
+                    gw.role.program[0], program.pid, PROGRAM_EXIT)
+        return
+    if status:
+        log.warning("%s: %s (pid %d) exited with status %d", gw.service, gw.role.program[0], program.pid, status)
+
+
+def _relay(tls_sock, plain, gw: Prepared, addr: str, port: int, started: float) -> None:
+    counts = relay.relay(tls_sock, plain, gw.idle)
+    log.info("Connection closed: %d bytes sent to SSL, %d bytes sent to socket", counts.to_ssl,
+             counts.to_socket)
+    log.info("%s: %s:%d: %s after %.2fs", gw.service, addr, port, counts.ended_by, time.monotonic() - started)
 
 
 def _server_address(conn) -> str:
@@ -274,15 +456,13 @@ def _server_address(conn) -> str:
 # ----------------------------------------------------------------------
 # inetd mode
 
-def inetd_main(settings, prog: str, names: tuple, table: str, opts: dict, service: str,
-               allow_root: bool = False) -> int:
+def inetd_main(svc: "SslGwService", settings, allow_root: bool = False) -> int:
     """One connection on fd 0, served by the skeleton's stand-alone path
     (prefork/standalone.py) with the service a daemon's children run:
     prepared as root, then the jail, then TCP wrappers, the handshake and
     the relay."""
     from smapd.prefork.standalone import serve_one
-    svc = SslGwService(prog, names, table, opts, service)
-    _setup_log(prog, settings, opts, inetd=True, logfile=svc.logfile)
+    _setup_log(svc.prog, settings, svc.opts, inetd=True, logfile=svc.logfile)
     return serve_one(svc, settings, allow_root)
 
 
@@ -292,7 +472,7 @@ def _setup_log(prog: str, settings, opts: dict, inetd: bool, logfile=None):
     debug = "-f" in opts and not inetd
     logger = slog.setup(prog, settings["log-facility"], debug, settings["log-socket"], logfile=logfile)
     if "-D" in opts:
-        logger.setLevel(DEBUG_LEVELS[int(opts["-D"])])
+        logger.setLevel(DEBUG_LEVELS[debug_level(opts["-D"])[1]])
     return logger
 
 
@@ -307,12 +487,15 @@ def open_logfile(opts: dict):
 class SslGwService:
     """ssl-gw's side of the master (see master.Service)."""
 
-    def __init__(self, prog: str, names: tuple, table: str, opts: dict, service: str):
+    def __init__(self, prog: str, names: tuple, table: str, opts: dict, service: str,
+                 role: Role = Role(), optional_table: bool = False):
         self.prog = prog
         self.names = names
         self.table = table
         self.opts = opts
         self.service = service
+        self.role = role
+        self.optional_table = optional_table
         self.logfile = open_logfile(opts)
 
     def setup_log(self, settings, debug: bool):
@@ -329,7 +512,7 @@ class SslGwService:
         return [self.logfile.fileno()] if self.logfile else []
 
     def load(self):
-        return load_settings(self.table, self.names, self.opts)
+        return load_settings(self.table, self.names, self.opts, self.optional_table)
 
     def problems(self, settings, standalone: bool = False) -> list:
         out = []
@@ -343,12 +526,16 @@ class SslGwService:
     def listeners(self, settings) -> list:
         from smapd.prefork.master import ListenSpec
         host, port = settings["accept"]
+        if self.role.client:
+            # -c's clients speak plain text, and many wait for the server's
+            # greeting: no deferred accept, no first-byte deadline.
+            return [ListenSpec(host, port, None)]
         return [ListenSpec(host, port, DEFERRED, client_first=True)]
 
     def prepare(self, settings) -> Prepared:
         pre_jail()
         settings.resolve_system_defaults()
-        return prepare(settings, self.service)
+        return prepare(settings, self.service, self.role)
 
     def serve(self, conn, addr: str, tag, gw: Prepared, child) -> None:
         port = conn.getpeername()[1]
@@ -368,10 +555,8 @@ class SslGwService:
             conn.close()
 
 
-def daemon_main(settings, prog: str, names: tuple, table: str, opts: dict, service: str,
-                allow_root: bool = False) -> int:
+def daemon_main(svc: SslGwService, settings, allow_root: bool = False) -> int:
     from smapd.prefork.master import Master
-    foreground = "-f" in opts
-    master = Master(SslGwService(prog, names, table, opts, service), settings, foreground, foreground,
-                    allow_root, settings["pidfile"], settings["scoreboard"])
+    foreground = "-f" in svc.opts
+    master = Master(svc, settings, foreground, foreground, allow_root, settings["pidfile"], settings["scoreboard"])
     return master.start()

@@ -2,8 +2,10 @@
 
 What it does: parses the letters (stunnel's usage and exit 1 on a bad
 one), reads the table under the program's name, `ssl-gw` and the TCP
-wrappers service name, applies the letters over the table, and relays one
-connection in inetd mode or runs the master with -d (gateway.py).
+wrappers service name (without a table of its own, the default table may
+be missing: stunnel 3 needed none, and the letters are then all), applies
+the letters over the table, and relays one connection in inetd mode or
+runs the master with -d (gateway.py).
 
 What it trusts: argv and the environment.
 
@@ -25,13 +27,16 @@ from smapd.table.programs import table_path
 
 
 #: stunnel 3.x letters; a colon marks a letter that takes an argument.
-STUNNEL_OPTS = "d:r:p:v:A:a:s:g:N:P:fD:o:t:C:hV"
+STUNNEL_OPTS = "d:r:l:cn:p:v:A:a:s:g:N:P:fD:o:t:C:hV"
 
 SSLGW_USAGE = """\
-usage: ssl-gw [-h] [-V] [--config table] [--allow-root] [-p pemfile] [-v level] [-A certfile] [-a directory]
-              [-s user] [-g group] [-t timeout] [-N service] [-f] [-P pidfile]
-              [-D level] [-o file] [-C cipherlist] [-d [host:]port] -r [host:]port
+usage: ssl-gw [-h] [-V] [--config table] [--allow-root] [-c] [-p pemfile] [-v level] [-A certfile] [-a directory]
+              [-s user] [-g group] [-t timeout] [-N service] [-n smtp|pop3|nntp] [-f] [-P pidfile|dir/|none]
+              [-D [facility.]level] [-o file] [-C cipherlist] [-d [host:]port]
+              -r [host:]port | -l program [-- args]
 """
+#: stunnel 3's -n protocols: STARTTLS (or STLS) before the handshake.
+NEGOTIATE = ("smtp", "pop3", "nntp")
 
 
 def main(argv=None) -> int:
@@ -65,28 +70,43 @@ def main(argv=None) -> int:
     if "-V" in o:
         print(f"{prog} (smapd suite) {__version__}")
         return 0
-    if rest:
+    if rest and "-l" not in o:
         return report(f"unexpected argument {rest[0]!r}")
-    if "-r" not in o:
-        return report("the -r option must be used")
-    if "-D" in o and o["-D"] not in [str(i) for i in range(8)]:
-        return report(f"-D {o['-D']}: the debug level is 0 to 7")
+    if ("-r" in o) == ("-l" in o):
+        return report("give -r [host:]port, or -l program" if "-r" not in o else "-r and -l: give one of them")
+    if "-c" in o and "-l" in o:
+        return report("-c and -l: a client connects to -r")
+    if "-n" in o and o["-n"] not in NEGOTIATE:
+        return report(f"-n {o['-n']}: the protocols are {', '.join(NEGOTIATE)}")
+    if "-n" in o and "-c" not in o:
+        return report(f"-n {o['-n']}: ssl-gw negotiates TLS as the client (-c)")
     from smapd.sslgw import gateway
     from smapd.table.netperm import ConfigError
-    service = o.get("-N") or gateway.service_name(o["-r"])
+    try:
+        gateway.debug_level(o.get("-D", "5"))
+    except ValueError as e:
+        return report(f"-D {o['-D']}: {e}")
+    # -l's argv: the program, then what follows it (after --), else its name.
+    role = gateway.Role(client="-c" in o, negotiate=o.get("-n"),
+                        program=(o["-l"], *(rest or [os.path.basename(o["-l"])])) if "-l" in o else ())
+    service = o.get("-N") or (os.path.basename(o["-l"]) if "-l" in o else gateway.service_name(o["-r"]))
     names = tuple(dict.fromkeys((prog, SSLGW, service)))
     path = table_path(o.get("--config"))
+    # stunnel 3 read no file: without --config or NETPERM_TABLE, a missing
+    # default table means the defaults (and the letters).
+    optional = not o.get("--config") and not os.environ.get("NETPERM_TABLE")
     try:
-        settings = gateway.load_settings(path, names, o)
+        settings = gateway.load_settings(path, names, o, optional)
     except ConfigError as e:
         for d in e.diagnostics:
             report(str(d), usage=False)
         # A bad letter is stunnel's usage error (1); a table error is ours (2).
         return EXIT_RUNTIME if all(d.file == "command line" for d in e.diagnostics) else EXIT_CONFIG
     allow_root = "--allow-root" in o
+    svc = gateway.SslGwService(prog, names, path, o, service, role, optional)
     if daemon_mode:
-        return gateway.daemon_main(settings, prog, names, path, o, service, allow_root)
-    return gateway.inetd_main(settings, prog, names, path, o, service, allow_root)
+        return gateway.daemon_main(svc, settings, allow_root)
+    return gateway.inetd_main(svc, settings, allow_root)
 
 
 run = run(main)
