@@ -465,3 +465,49 @@ def test_silent_sockets_do_not_stop_the_service(gw, pki):
     finally:
         for c in silent:
             c.close()
+
+
+def test_under_stress_idle_relays_end_soon(gw, pki):
+    """With 80 % of maxchildren busy the master declares stress: relays
+    that are idle after their handshake (IMAP clients between commands)
+    end after stress-timeout instead of timeout, and say so; relays that
+    move bytes go on."""
+    backend = Backend(greeter)
+    g = gw(f"127.0.0.1:{backend.port}", "-p", pki.server_pem,
+           table="ssl-gw: tcpwrappers no\nssl-gw: maxchildren 10\nssl-gw: maxspare 10\nssl-gw: maxperhost 20\n"
+                 "ssl-gw: timeout 300\nssl-gw: stress-timeout 2\n")
+    stop_talking = threading.Event()
+    chatty, idle = [], []
+
+    def talk():
+        # Eight clients that keep their relays busy: the pool stays stressed
+        # (8 of 10) after the idle ones are gone.
+        while not stop_talking.wait(0.5):
+            for s in chatty:
+                s.sendall(b"x")
+    try:
+        for group in (chatty, idle):
+            for _ in range(8 if group is chatty else 2):
+                s = g.connect(pki.client_context())
+                assert s.recv(100) == b"* OK backend ready\r\n"
+                group.append(s)
+            if group is chatty:
+                talker = threading.Thread(target=talk, daemon=True)
+                talker.start()
+        g.wait_log(r"stress: \d+ of 10 children busy")
+        t0 = time.monotonic()
+        for s in idle:
+            s.settimeout(15)
+            assert s.recv(100) == b""            # ended by ssl-gw, not by us
+        assert time.monotonic() - t0 < 10
+        assert g.log().count("idle time-out (under stress)") == 2
+        stop_talking.set()
+        talker.join()
+        assert "stress over" not in g.log()
+        for s in chatty:
+            s.sendall(b"still here")             # their relays go on
+    finally:
+        stop_talking.set()
+        for s in chatty + idle:
+            s.close()
+        backend.close()

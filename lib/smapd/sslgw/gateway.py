@@ -167,6 +167,7 @@ class Prepared:
     handshake_timeout: float
     connect_timeout: float
     idle: float
+    stress_timeout: float = 10.0
     maxperhost: int = 0
     maxpernet: int = 0
     needs_names: bool = field(default=True)
@@ -240,7 +241,8 @@ def prepare(settings, service: str, role: Role = Role()) -> Prepared:
                    backend_text=backend_text, wrappers=wrappers, hosts=hosts,
                    resolver=dnsclient.make_resolver(settings["resolver"], lifetime=LOOKUP_LIFETIME),
                    handshake_timeout=settings["handshake-timeout"], connect_timeout=settings["connect-timeout"],
-                   idle=settings["timeout"], maxperhost=settings["maxperhost"], maxpernet=settings["maxpernet"],
+                   idle=settings["timeout"], stress_timeout=settings["stress-timeout"],
+                   maxperhost=settings["maxperhost"], maxpernet=settings["maxpernet"],
                    needs_names=needs_names, role=role, server_hostname=server_hostname)
 
 
@@ -273,12 +275,16 @@ DEFERRED = "deferred"
 FIRST_BYTE = 2.0
 
 
-def handle(conn: socket.socket, addr: str, port: int, gw: Prepared, first_byte: float = None) -> None:
+def handle(conn: socket.socket, addr: str, port: int, gw: Prepared, first_byte: float = None,
+           stressed=None) -> None:
     """One admitted client: handshake (or, with -c, the connection to the
     TLS server), backend or program, relay, log.  Closes `conn`.
     `first_byte`: seconds for the ClientHello to begin, else the
-    handshake time-out is all."""
+    handshake time-out is all.  `stressed()`: is the pool under stress
+    (None: there is no pool, as in inetd mode)?  Then `stress-timeout`
+    bounds the handshake and an idle relay."""
     started = time.monotonic()
+    limits = _Limits(gw, stressed)
     log.info("%s connected from %s:%d", gw.service, addr, port)
     if first_byte is not None and not readable(conn, min(first_byte, gw.handshake_timeout)):
         log.warning("%s: SSL_accept from %s:%d: no ClientHello within %gs", gw.service, addr, port,
@@ -294,14 +300,31 @@ def handle(conn: socket.socket, addr: str, port: int, gw: Prepared, first_byte: 
     except OSError:
         pass
     if gw.role.client:
-        _as_client(conn, addr, port, gw, started)
+        _as_client(conn, addr, port, gw, started, limits)
     else:
-        _as_server(conn, addr, port, gw, started)
+        _as_server(conn, addr, port, gw, started, limits)
 
 
-def _as_server(conn, addr: str, port: int, gw: Prepared, started: float) -> None:
+@dataclass(frozen=True)
+class _Limits:
+    """The time limits of one connection, shorter while the pool is under
+    stress (prefork/master.py decides, the scoreboard tells)."""
+    gw: Prepared
+    stressed: object
+
+    def handshake(self) -> float:
+        if self.stressed is not None and self.stressed():
+            return min(self.gw.handshake_timeout, self.gw.stress_timeout)
+        return self.gw.handshake_timeout
+
+    def relay_stress(self):
+        return None if self.stressed is None else (self.stressed, self.gw.stress_timeout)
+
+
+def _as_server(conn, addr: str, port: int, gw: Prepared, started: float, limits: _Limits) -> None:
+    handshake = limits.handshake()
     try:
-        conn.settimeout(gw.handshake_timeout)
+        conn.settimeout(handshake)
         sock = gw.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
     except (OSError, ValueError) as e:
         log.warning("%s: %s:%d: %s", gw.service, addr, port, e)
@@ -312,8 +335,7 @@ def _as_server(conn, addr: str, port: int, gw: Prepared, started: float) -> None
         try:
             sock.do_handshake()
         except socket.timeout:
-            log.warning("%s: SSL_accept from %s:%d: timed out after %gs", gw.service, addr, port,
-                        gw.handshake_timeout)
+            log.warning("%s: SSL_accept from %s:%d: timed out after %gs", gw.service, addr, port, handshake)
             return
         except (ssl.SSLError, OSError) as e:
             log.warning("%s: SSL_accept from %s:%d: %s", gw.service, addr, port, tls.handshake_failure(e))
@@ -331,7 +353,7 @@ def _as_server(conn, addr: str, port: int, gw: Prepared, started: float) -> None
         else:
             backend = _connect_backend(gw)
         if backend is not None:
-            _relay(sock, backend, gw, addr, port, started)
+            _relay(sock, backend, gw, addr, port, started, limits)
     finally:
         if backend is not None:
             backend.close()
@@ -340,7 +362,7 @@ def _as_server(conn, addr: str, port: int, gw: Prepared, started: float) -> None
             _reap(program, gw)
 
 
-def _as_client(conn, addr: str, port: int, gw: Prepared, started: float) -> None:
+def _as_client(conn, addr: str, port: int, gw: Prepared, started: float, limits: _Limits) -> None:
     """-c: the plain client on `conn`, TLS to the server at -r (after -n's
     negotiation)."""
     backend = _connect_backend(gw)
@@ -348,21 +370,21 @@ def _as_client(conn, addr: str, port: int, gw: Prepared, started: float) -> None
         conn.close()
         return
     sock = None
+    handshake = limits.handshake()
     try:
         if gw.role.negotiate:
             try:
-                negotiate.negotiate(gw.role.negotiate, backend, conn, gw.handshake_timeout, socket.gethostname())
+                negotiate.negotiate(gw.role.negotiate, backend, conn, handshake, socket.gethostname())
             except (negotiate.NegotiationError, OSError) as e:
                 log.warning("%s: %s with %s: %s", gw.service, gw.role.negotiate, gw.backend_text, e)
                 return
-        backend.settimeout(gw.handshake_timeout)
+        backend.settimeout(handshake)
         sock = gw.context.wrap_socket(backend, server_side=False, server_hostname=gw.server_hostname,
                                       do_handshake_on_connect=False)
         try:
             sock.do_handshake()
         except socket.timeout:
-            log.warning("%s: SSL_connect to %s: timed out after %gs", gw.service, gw.backend_text,
-                        gw.handshake_timeout)
+            log.warning("%s: SSL_connect to %s: timed out after %gs", gw.service, gw.backend_text, handshake)
             return
         except (ssl.SSLError, OSError) as e:
             log.warning("%s: SSL_connect to %s: %s", gw.service, gw.backend_text, tls.handshake_failure(e))
@@ -372,7 +394,7 @@ def _as_client(conn, addr: str, port: int, gw: Prepared, started: float) -> None
             log.warning("%s: %s: REFUSED: %s", gw.service, gw.backend_text, refused)
             return
         log.info("%s: %s: %s", gw.service, gw.backend_text, tls.describe(sock))
-        _relay(sock, conn, gw, addr, port, started)
+        _relay(sock, conn, gw, addr, port, started, limits)
     finally:
         (sock or backend).close()
         conn.close()
@@ -438,8 +460,8 @@ def _reap(program, gw: Prepared) -> None:
         log.warning("%s: %s (pid %d) exited with status %d", gw.service, gw.role.program[0], program.pid, status)
 
 
-def _relay(tls_sock, plain, gw: Prepared, addr: str, port: int, started: float) -> None:
-    counts = relay.relay(tls_sock, plain, gw.idle)
+def _relay(tls_sock, plain, gw: Prepared, addr: str, port: int, started: float, limits: _Limits) -> None:
+    counts = relay.relay(tls_sock, plain, gw.idle, stress=limits.relay_stress())
     log.info("Connection closed: %d bytes sent to SSL, %d bytes sent to socket", counts.to_ssl,
              counts.to_socket)
     log.info("%s: %s:%d: %s after %.2fs", gw.service, addr, port, counts.ended_by, time.monotonic() - started)
@@ -550,7 +572,8 @@ class SslGwService:
             conn.close()
             return
         if admitted(gw, addr, port, _server_address(conn)):
-            handle(conn, addr, port, gw, first_byte=FIRST_BYTE if tag == DEFERRED else None)
+            handle(conn, addr, port, gw, first_byte=FIRST_BYTE if tag == DEFERRED else None,
+                   stressed=getattr(child, "stressed", None))
         else:
             conn.close()
 

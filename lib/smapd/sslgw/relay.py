@@ -3,7 +3,8 @@
 What it does: moves bytes both ways between the client's TLS socket and
 the backend's TCP socket with one poll(2) loop on non-blocking sockets
 (an SSL object must not be read and written from two threads), until
-both directions are done.  Half-close is forwarded: the client's EOF
+both directions are done (or, under the pool's stress, `stress`'s
+shorter idle time-out ends an idle one).  Half-close is forwarded: the client's EOF
 (close_notify, or a TCP FIN) becomes a FIN to the backend once all its
 bytes are written, and the backend's FIN becomes a close_notify to the
 client once all the backend's bytes are written; each direction then
@@ -39,7 +40,13 @@ class Counts:
     ended_by: str = ""     # why it ended, for the log
 
 
-def relay(tls: ssl.SSLSocket, plain: socket.socket, idle: float, clock=time.monotonic) -> Counts:
+#: Seconds between two looks at the pool's stress while a relay is idle.
+STRESS_CHECK = 1.0
+
+
+def relay(tls: ssl.SSLSocket, plain: socket.socket, idle: float, clock=time.monotonic, stress=None) -> Counts:
+    """`stress`: (stressed(), the idle time-out under stress), or None; it
+    is asked only while nothing moves, so a busy relay pays nothing."""
     counts = Counts()
     tls.setblocking(False)
     plain.setblocking(False)
@@ -76,10 +83,15 @@ def relay(tls: ssl.SSLSocket, plain: socket.socket, idle: float, clock=time.mono
             # descriptor: do not wait for the descriptor then.
             wait = 0 if (tls.pending() and not client_eof and len(to_plain) < BUFFER) else \
                 max(0.0, idle - (clock() - last))
+            if stress is not None:
+                wait = min(wait, STRESS_CHECK)  # an idle relay sees stress begin
             events = dict(poller.poll(int(wait * 1000)))
             if not events and not tls.pending():
-                if clock() - last >= idle:
-                    counts.ended_by = "idle time-out"
+                limit = idle
+                if stress is not None and stress[0]():
+                    limit = min(idle, stress[1])
+                if clock() - last >= limit:
+                    counts.ended_by = "idle time-out" + (" (under stress)" if limit < idle else "")
                     return counts
                 continue
             progress = False

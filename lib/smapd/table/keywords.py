@@ -461,17 +461,17 @@ def _scoreboard(settings):
     return _run_file(settings, "scoreboard")
 
 
-def _pool(program, maxchildren):
+def _pool(program, maxchildren, maxspare=20, maxperhost=10, maxpernet=30):
     """The prefork pool keywords shared by the two standalone masters."""
     return [
         Keyword(program, "maxchildren", Int(1, 10000), maxchildren,
                 "most children at once; further connections wait in the listen backlog"),
         Keyword(program, "minspare", Int(0, 10000), 5, "idle children the master keeps ready at least"),
-        Keyword(program, "maxspare", Int(1, 10000), 20, "idle children above this number are stopped"),
-        Keyword(program, "maxperhost", Int(1, 10000), 10,
+        Keyword(program, "maxspare", Int(1, 10000), maxspare, "idle children above this number are stopped"),
+        Keyword(program, "maxperhost", Int(1, 10000), maxperhost,
                 "connections one client address may hold at once (smap answers more with 421 4.7.0, "
                 "ssl-gw closes them)"),
-        Keyword(program, "maxpernet", Int(1, 10000), 30,
+        Keyword(program, "maxpernet", Int(1, 10000), maxpernet,
                 "connections one client network (an IPv4 /24, an IPv6 /64) may hold at once, beside maxperhost"),
         Keyword(program, "maxrequests", Int(1), 500, "connections a child serves before it exits"),
         Keyword(program, "shutdown-timeout", Int(0, metavar="SECONDS"), 60,
@@ -600,12 +600,18 @@ _DECLARATIONS = [
             "idle time-out of a relayed connection (stunnel -t, which stunnel 3 used for its session cache)"),
     Keyword(SSLGW, "handshake-timeout", Int(1, metavar="SECONDS"), 30,
             "seconds the client has for the TLS handshake"),
+    Keyword(SSLGW, "stress-timeout", Int(1, metavar="SECONDS"), 10,
+            "ssl-gw -d under stress (80 % of maxchildren busy): the idle time-out and the handshake time-out"),
     Keyword(SSLGW, "connect-timeout", Int(1, metavar="SECONDS"), 10,
             "seconds the connection to the backend may take"),
     Keyword(SSLGW, "ciphers", Word("LIST", r"[A-Za-z0-9_:+!@=.-]+", "an OpenSSL cipher list"), None,
             "OpenSSL cipher list for TLS 1.2 (stunnel -C)", default_doc="modern AEAD ciphers"),
     Keyword(SSLGW, "tls-min", Choice("1.2", "1.3"), "1.2", "the oldest TLS version accepted"),
-    *_pool(SSLGW, 100),
+    # IMAP clients hold their connections for hours, several each (and an
+    # office behind NAT is one address): a bigger pool and per-host limits
+    # than smap's short SMTP sessions need.  256 idle children are some
+    # 800 MB (ssl-gw(8)).
+    *_pool(SSLGW, 256, maxspare=32, maxperhost=32, maxpernet=64),
     Keyword(SSLGW, "hosts", HostRules(), (), "which clients may connect; the first matching rule decides",
             multi=True, flagged=True),
     Keyword(SSLGW, "tcpwrappers", Bool(), True, "check hosts.allow and hosts.deny before the handshake"),
