@@ -23,3 +23,31 @@ def client_address(addr) -> ipaddress._BaseAddress:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
         return addr.ipv4_mapped
     return addr
+
+
+def parse_resolver_spec(spec: str) -> tuple:
+    """`ADDR[:PORT]`, `[V6]:PORT` or a bare IPv6 address -> (addr, port).
+    Raises ValueError with a sentence."""
+    addr, port = spec, 53
+    if spec.startswith("["):
+        close = spec.find("]")
+        if close < 0:
+            raise ValueError(f"missing ']' in {spec!r}")
+        addr, rest = spec[1:close], spec[close + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"expected ':PORT' after ']' in {spec!r}")
+            port = rest[1:]
+    elif spec.count(":") == 1:
+        addr, port = spec.split(":")
+    try:
+        ipaddress.ip_address(addr)
+    except ValueError:
+        raise ValueError(f"{addr!r} is not an IP address (a resolver is given by address)") from None
+    try:
+        port = int(port)
+    except ValueError:
+        raise ValueError(f"bad port {port!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range")
+    return addr, port

@@ -28,7 +28,7 @@ import dns.rdatatype
 import dns.resolver
 import dns.reversename
 
-from smapd.addresses import client_address
+from smapd.addresses import client_address, parse_resolver_spec  # noqa: F401 (part of this API)
 
 #: Answers a resolver keeps (per process; honouring their TTLs).
 CACHE_ENTRIES = 2048
@@ -45,34 +45,6 @@ TYPES = ("A", "AAAA", "PTR", "CNAME", "SOA", "NS", "MX", "TXT")
 def prepare_types() -> None:
     for name in TYPES:
         dns.rdata.get_rdata_class(dns.rdataclass.IN, dns.rdatatype.from_text(name))
-
-
-def parse_resolver_spec(spec: str) -> tuple:
-    """`ADDR[:PORT]`, `[V6]:PORT` or a bare IPv6 address -> (addr, port).
-    Raises ValueError with a sentence."""
-    addr, port = spec, 53
-    if spec.startswith("["):
-        close = spec.find("]")
-        if close < 0:
-            raise ValueError(f"missing ']' in {spec!r}")
-        addr, rest = spec[1:close], spec[close + 1:]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"expected ':PORT' after ']' in {spec!r}")
-            port = rest[1:]
-    elif spec.count(":") == 1:
-        addr, port = spec.split(":")
-    try:
-        ipaddress.ip_address(addr)
-    except ValueError:
-        raise ValueError(f"{addr!r} is not an IP address (a resolver is given by address)") from None
-    try:
-        port = int(port)
-    except ValueError:
-        raise ValueError(f"bad port {port!r}") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} out of range")
-    return addr, port
 
 
 def make_resolver(specs: Sequence = (), lifetime: float = 5.0) -> dns.resolver.Resolver:

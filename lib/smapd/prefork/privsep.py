@@ -53,14 +53,17 @@ def resolve_ids(userid, groupid):
     return resolve_id(userid, "user"), resolve_id(groupid, "group")
 
 
-def pre_jail(*modules: str) -> None:
+def pre_jail(*modules: str, dns: bool = True) -> None:
     """Load now, as root and before any chroot, what a jailed process
     cannot load later: the DNS record types (dnspython loads them at the
-    first answer, from files the jail lacks), the time zone
-    (/etc/localtime), the idna codec, and the `modules` named (their code
-    is not in the jail).  The one list of it for every program."""
-    from smapd import dnsclient
-    dnsclient.prepare_types()
+    first answer, from files the jail lacks; `dns=False` for a process
+    that makes no look-up, which then does not pay for importing
+    dnspython), the time zone (/etc/localtime), the idna codec, and the
+    `modules` named (their code is not in the jail).  The one list of it
+    for every program."""
+    if dns:
+        from smapd import dnsclient
+        dnsclient.prepare_types()
     time.localtime()
     "x".encode("idna")
     for name in modules:

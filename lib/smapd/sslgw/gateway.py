@@ -45,7 +45,6 @@ import time
 from dataclasses import dataclass, field
 
 from smapd.table import keywords
-from smapd import dnsclient
 from smapd import log as slog
 from smapd.sslgw import negotiate, relay
 from smapd import tls
@@ -239,17 +238,27 @@ def prepare(settings, service: str, role: Role = Role()) -> Prepared:
         p.kind in ("name", "unknown") for rule in hosts for p in rule.patterns)
     return Prepared(service=service, context=context, verify=verify, local=local, backend=backend,
                    backend_text=backend_text, wrappers=wrappers, hosts=hosts,
-                   resolver=dnsclient.make_resolver(settings["resolver"], lifetime=LOOKUP_LIFETIME),
+                   resolver=_resolver(settings) if needs_names else None,
                    handshake_timeout=settings["handshake-timeout"], connect_timeout=settings["connect-timeout"],
                    idle=settings["timeout"], stress_timeout=settings["stress-timeout"],
                    maxperhost=settings["maxperhost"], maxpernet=settings["maxpernet"],
                    needs_names=needs_names, role=role, server_hostname=server_hostname)
 
 
+def _resolver(settings):
+    """dnspython is imported only when a rule needs the client's name: it
+    is most of an inetd start's imports (bench/NOTES.md)."""
+    from smapd import dnsclient
+    return dnsclient.make_resolver(settings["resolver"], lifetime=LOOKUP_LIFETIME)
+
+
 def admitted(gw: Prepared, addr: str, port: int, server_addr: str = None) -> bool:
     """TCP wrappers and `hosts`, before any TLS byte; logs a refusal.  The
     client's name is looked up only when a rule can use it."""
-    name, paranoid = dnsclient.lookup_client(addr, gw.resolver) if gw.needs_names else (None, False)
+    name, paranoid = (None, False)
+    if gw.needs_names:
+        from smapd import dnsclient  # imported before the jail, by _resolver
+        name, paranoid = dnsclient.lookup_client(addr, gw.resolver)
     if gw.wrappers is not None:
         from smapd.sslgw import tcpwrap
         decision = gw.wrappers.check(gw.service, tcpwrap.Client(addr, name, paranoid), server_addr)
@@ -555,9 +564,10 @@ class SslGwService:
         return [ListenSpec(host, port, DEFERRED, client_first=True)]
 
     def prepare(self, settings) -> Prepared:
-        pre_jail()
         settings.resolve_system_defaults()
-        return prepare(settings, self.service, self.role)
+        gw = prepare(settings, self.service, self.role)
+        pre_jail(dns=gw.needs_names)
+        return gw
 
     def serve(self, conn, addr: str, tag, gw: Prepared, child) -> None:
         port = conn.getpeername()[1]

@@ -349,7 +349,7 @@ class ResolverType(Type):
     metavar = "ADDRESS[:PORT]"
 
     def parse_one(self, arg):
-        from smapd.dnsclient import parse_resolver_spec
+        from smapd.addresses import parse_resolver_spec
         return parse_resolver_spec(arg)
 
 
