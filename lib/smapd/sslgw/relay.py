@@ -27,8 +27,10 @@ import ssl
 import time
 from dataclasses import dataclass
 
-CHUNK = 65536
-BUFFER = 4 * CHUNK
+#: Octets waiting per direction, at most: one buffer each way, filled by
+#: recv_into and sent from in place (no copy of the bytes in Python); a
+#: slow reader slows its writer down instead of filling memory.
+BUFFER = 256 * 1024
 
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError)
 
@@ -44,18 +46,48 @@ class Counts:
 STRESS_CHECK = 1.0
 
 
+class _Buffer:
+    """One direction's octets: read into `view[end:]`, sent from
+    `view[start:end]`; emptied, it starts again at 0."""
+
+    def __init__(self):
+        self.view = memoryview(bytearray(BUFFER))
+        self.start = self.end = 0
+
+    def waiting(self) -> bool:
+        return self.start < self.end
+
+    def room(self) -> bool:
+        if self.start == self.end:
+            self.start = self.end = 0
+        return self.end < BUFFER
+
+
 def relay(tls: ssl.SSLSocket, plain: socket.socket, idle: float, clock=time.monotonic, stress=None) -> Counts:
     """`stress`: (stressed(), the idle time-out under stress), or None; it
     is asked only while nothing moves, so a busy relay pays nothing."""
     counts = Counts()
     tls.setblocking(False)
     plain.setblocking(False)
-    to_plain = bytearray()         # from the client, for the backend
-    to_tls = bytearray()           # from the backend, for the client
+    up = _Buffer()                 # from the client, for the backend
+    down = _Buffer()               # from the backend, for the client
     client_eof = backend_eof = False
     plain_shut = tls_shut = False  # our FIN to the backend / close_notify to the client sent
     tls_wants_write = False        # an SSL read needs the socket writable (rare)
     last = clock()
+    poller = select.poll()
+    tls_fd, plain_fd = tls.fileno(), plain.fileno()
+    watched = {tls_fd: 0, plain_fd: 0}
+
+    def watch(fd, events):
+        # A side with nothing to do is not watched: a closed peer would
+        # otherwise report POLLHUP at every turn and spin the loop.
+        if events != watched[fd]:
+            if events:
+                poller.register(fd, events)
+            else:
+                poller.unregister(fd)
+            watched[fd] = events
 
     def done():
         return client_eof and backend_eof and plain_shut and tls_shut
@@ -63,29 +95,24 @@ def relay(tls: ssl.SSLSocket, plain: socket.socket, idle: float, clock=time.mono
     try:
         while not done():
             tls_events = 0
-            if (not client_eof and len(to_plain) < BUFFER) or tls_wants_write:
+            if (not client_eof and up.room()) or tls_wants_write:
                 tls_events |= select.POLLIN
-            if to_tls or tls_wants_write or (backend_eof and not tls_shut):
+            if down.waiting() or tls_wants_write or (backend_eof and not tls_shut):
                 tls_events |= select.POLLOUT
             plain_events = 0
-            if not backend_eof and len(to_tls) < BUFFER:
+            if not backend_eof and down.room():
                 plain_events |= select.POLLIN
-            if to_plain:
+            if up.waiting():
                 plain_events |= select.POLLOUT
-            # A side with nothing to do is not watched: a closed peer would
-            # otherwise report POLLHUP at every turn and spin the loop.
-            poller = select.poll()
-            if tls_events:
-                poller.register(tls.fileno(), tls_events)
-            if plain_events:
-                poller.register(plain.fileno(), plain_events)
+            watch(tls_fd, tls_events)
+            watch(plain_fd, plain_events)
             # Decrypted bytes may sit in the SSL object with nothing on the
             # descriptor: do not wait for the descriptor then.
-            wait = 0 if (tls.pending() and not client_eof and len(to_plain) < BUFFER) else \
+            wait = 0 if (tls.pending() and not client_eof and up.room()) else \
                 max(0.0, idle - (clock() - last))
             if stress is not None:
                 wait = min(wait, STRESS_CHECK)  # an idle relay sees stress begin
-            events = dict(poller.poll(int(wait * 1000)))
+            events = poller.poll(int(wait * 1000))
             if not events and not tls.pending():
                 limit = idle
                 if stress is not None and stress[0]():
@@ -96,53 +123,55 @@ def relay(tls: ssl.SSLSocket, plain: socket.socket, idle: float, clock=time.mono
                 continue
             progress = False
 
-            # client -> backend
-            if not client_eof and len(to_plain) < BUFFER:
-                while len(to_plain) < BUFFER:
-                    try:
-                        data = tls.recv(CHUNK)
-                    except _WANT as e:
-                        tls_wants_write = isinstance(e, ssl.SSLWantWriteError)
-                        break
-                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                        data = b""
-                    if not data:
-                        client_eof = True
-                        break
-                    to_plain += data
-                    progress = True
-            if to_plain:
+            # client -> backend: TLS records until the buffer is full or
+            # none is left.
+            while not client_eof and up.room():
                 try:
-                    n = plain.send(to_plain)
-                    del to_plain[:n]
-                    counts.to_socket += n
-                    progress = progress or n > 0
+                    n = tls.recv_into(up.view[up.end:])
+                except _WANT as e:
+                    tls_wants_write = isinstance(e, ssl.SSLWantWriteError)
+                    break
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    n = 0
+                if not n:
+                    client_eof = True
+                    break
+                up.end += n
+                progress = True
+            while up.waiting():
+                try:
+                    n = plain.send(up.view[up.start:up.end])
                 except _WANT:
-                    pass
-            if client_eof and not to_plain and not plain_shut:
+                    break
+                up.start += n
+                counts.to_socket += n
+                progress = True
+            if client_eof and not up.waiting() and not plain_shut:
                 _shutdown_write(plain)
                 plain_shut = True
 
             # backend -> client
-            if not backend_eof and len(to_tls) < BUFFER:
+            if not backend_eof and down.room():
                 try:
-                    data = plain.recv(CHUNK)
-                    if data:
-                        to_tls += data
+                    n = plain.recv_into(down.view[down.end:])
+                    if n:
+                        down.end += n
                         progress = True
                     else:
                         backend_eof = True
                 except _WANT:
                     pass
-            while to_tls:
+            while down.waiting():
                 try:
-                    n = tls.send(to_tls[:CHUNK])
+                    # A retry after WANT_WRITE sends the same octets from
+                    # the same place, as OpenSSL asks.
+                    n = tls.send(down.view[down.start:down.end])
                 except _WANT:
                     break
-                del to_tls[:n]
+                down.start += n
                 counts.to_ssl += n
                 progress = True
-            if backend_eof and not to_tls and not tls_shut:
+            if backend_eof and not down.waiting() and not tls_shut:
                 _close_notify(tls)
                 tls_shut = True
 
