@@ -90,6 +90,27 @@ def title(text: str) -> None:
         _setproctitle(text)
 
 
+class _StopWaiting(BaseException):
+    """Raised by a child's TERM handler while the child waits for a
+    connection: epoll_wait is restarted after a signal (PEP 475) and does
+    not notice listeners closed under it, so the handler ends the wait."""
+
+
+#: Only one waiting child is woken per new connection (Linux 4.5): with
+#: poll(2) every idle child woke for each one, and all but one found
+#: nothing to accept (the thundering herd: a fifth of the machine at 800
+#: handshakes/s with 20 idle children, bench/NOTES.md).
+EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
+
+
+def _waiter():
+    """(a poller for a child's wait, its readable flag, the flag for a
+    listener): epoll with EPOLLEXCLUSIVE where there is one, else poll."""
+    if hasattr(select, "epoll"):
+        return select.epoll(), select.EPOLLIN, select.EPOLLIN | EPOLLEXCLUSIVE
+    return select.poll(), select.POLLIN, select.POLLIN
+
+
 class FastStop(BaseException):
     """Raised in a child by INT/QUIT: unwind now (spool files are removed
     on the way out), no lingering."""
@@ -216,6 +237,7 @@ class Child:
         self.listeners = [(s, spec) for spec, socks in master.listeners.items() for s in socks]
         self.stop = False
         self.busy_with = None
+        self.waiting = False   # in the wait for a connection (see _StopWaiting)
         self.prog = master.service.prog
 
     # --- what the service calls
@@ -247,6 +269,8 @@ class Child:
             s.close()
         if self.busy_with is not None:
             self.board.set_state(self.slot, STOPPING)
+        if self.waiting:
+            raise _StopWaiting()
 
     def _on_int(self, *a):
         raise FastStop()
@@ -292,27 +316,34 @@ class Child:
         _parent_death_signal(signal.SIGTERM)
         if os.getppid() != m.pid:
             return EXIT_OK  # the master died before we could ask
-        poller = select.poll()
+        poller, readable, listening = _waiter()
         by_fd = {}
         try:
             for sock, spec in self.listeners:
                 by_fd[sock.fileno()] = (sock, spec)
-                poller.register(sock, select.POLLIN)
+                poller.register(sock.fileno(), listening)
         except (ValueError, OSError):
             if self.stop:  # told to stop while starting: the listeners are closed
                 return EXIT_OK
             raise
-        poller.register(m.alive_r, select.POLLIN)
+        poller.register(m.alive_r, readable)
         self.board.set_state(self.slot, IDLE)
         served, maxrequests, minspare = 0, s["maxrequests"], s["minspare"]
         while not self.stop and served < maxrequests:
+            self.waiting = True
             try:
+                if self.stop:
+                    break
                 events = poller.poll()
             except InterruptedError:
                 continue
+            except _StopWaiting:
+                break
+            finally:
+                self.waiting = False
             if self.stop:
                 break
-            ready = [fd for fd, ev in events if fd in by_fd and ev & select.POLLIN]
+            ready = [fd for fd, ev in events if fd in by_fd and ev & readable]
             if any(fd == m.alive_r for fd, _ in events):
                 break  # the master is gone
             for fd in ready:

@@ -353,10 +353,11 @@ def _as_server(conn, addr: str, port: int, gw: Prepared, started: float, limits:
         if refused:
             log.warning("%s: %s:%d: REFUSED: %s", gw.service, addr, port, refused)
             return
-        subject = tls.peer_subject(sock)
-        if subject:
-            log.info("%s: VERIFY OK: %s", gw.service, subject)
-        log.info("%s: %s:%d: %s", gw.service, addr, port, tls.describe(sock))
+        if log.isEnabledFor(logging.INFO):  # -D 4 and below: not even the words
+            subject = tls.peer_subject(sock) if gw.verify else None
+            if subject:
+                log.info("%s: VERIFY OK: %s", gw.service, subject)
+            log.info("%s: %s:%d: %s", gw.service, addr, port, tls.describe(sock))
         if gw.role.program:
             backend, program = _run_program(gw, addr, port)
         else:

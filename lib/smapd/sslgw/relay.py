@@ -50,8 +50,8 @@ class _Buffer:
     """One direction's octets: read into `view[end:]`, sent from
     `view[start:end]`; emptied, it starts again at 0."""
 
-    def __init__(self):
-        self.view = memoryview(bytearray(BUFFER))
+    def __init__(self, view: memoryview):
+        self.view = view
         self.start = self.end = 0
 
     def waiting(self) -> bool:
@@ -63,14 +63,25 @@ class _Buffer:
         return self.end < BUFFER
 
 
+#: The two buffers of this process, made at its first relay and kept: a
+#: child relays one connection at a time, and 512 KiB zeroed and faulted
+#: in per connection is a handshake's worth of time at a high rate.
+_MEMORY = []
+
+
+def _buffers() -> tuple:
+    if not _MEMORY:
+        _MEMORY.extend(memoryview(bytearray(BUFFER)) for _ in range(2))
+    return _Buffer(_MEMORY[0]), _Buffer(_MEMORY[1])
+
+
 def relay(tls: ssl.SSLSocket, plain: socket.socket, idle: float, clock=time.monotonic, stress=None) -> Counts:
     """`stress`: (stressed(), the idle time-out under stress), or None; it
     is asked only while nothing moves, so a busy relay pays nothing."""
     counts = Counts()
     tls.setblocking(False)
     plain.setblocking(False)
-    up = _Buffer()                 # from the client, for the backend
-    down = _Buffer()               # from the backend, for the client
+    up, down = _buffers()          # from the client for the backend, and back
     client_eof = backend_eof = False
     plain_shut = tls_shut = False  # our FIN to the backend / close_notify to the client sent
     tls_wants_write = False        # an SSL read needs the socket writable (rare)
