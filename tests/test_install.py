@@ -163,8 +163,10 @@ def verify_units(paths, manpath):
 
 
 def test_units_verify(tmp_path):
-    assert sorted(os.listdir(UNITS)) == ["smap.service", "smap.socket", "smap@.service", "smapd.service",
-                                         "ssl-gw-imaps.socket", "ssl-gw-imaps@.service", "ssl-gw@.service"]
+    assert sorted(os.listdir(UNITS)) == ["smap-pool.service", "smap-pool.socket", "smap.service", "smap.socket",
+                                         "smap@.service", "smapd.service", "ssl-gw-imaps-pool.service",
+                                         "ssl-gw-imaps-pool.socket", "ssl-gw-imaps.socket", "ssl-gw-imaps@.service",
+                                         "ssl-gw@.service"]
     bindir = os.path.dirname(command("smap"))
     r = verify_units(units_for(bindir, tmp_path / "units"), os.path.join(os.path.dirname(bindir), "share", "man"))
     assert (r.returncode, r.stdout + r.stderr) == (0, "")
@@ -189,10 +191,16 @@ def test_units_start_the_programs_as_documented():
         assert "StandardInput=socket" in unit(name)
     # smapd execs the MTA's sendmail, which may be set-group-id (postdrop).
     assert "NoNewPrivileges=yes" not in unit("smapd.service")
+    # The listening-socket mode: systemd keeps the socket (Accept=no) and
+    # starts the pool, which is given no listener of its own.
+    for name in ("smap-pool", "ssl-gw-imaps-pool"):
+        assert "Accept=no" in unit(name + ".socket") and "StandardInput" not in unit(name + ".service")
+        assert " -d " not in unit(name + ".service") and "-daemon" not in unit(name + ".service")
     # The daemons' units and the sockets can be enabled; the per-connection
-    # services are started by their socket only.
+    # services and the pools are started by their socket only.
     for name in os.listdir(UNITS):
-        assert ("WantedBy=" in unit(name)) == ("@." not in name or name == "ssl-gw@.service"), name
+        by_socket = ("@." in name and name != "ssl-gw@.service") or name.endswith("-pool.service")
+        assert ("WantedBy=" in unit(name)) == (not by_socket), name
 
 
 @root_only

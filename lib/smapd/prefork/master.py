@@ -19,6 +19,10 @@ progress finishing first), TERM stops gracefully (up to
 (children are replaced so that they use the new socket), CHLD reaps.
 Files the children read only through the master (a spam database, a
 password file outside the jail) are watched: a change reloads as HUP.
+Given listeners that inetd (`wait`) or systemd (`Accept=no`) handed
+over (activation.py), it binds none, stays in the foreground, keeps them
+across reloads, and stops when its starter is gone or after `idle-exit`
+seconds without a connection.
 
 Each child (still root for a moment) resets its signals, enters the jail
 through privsep (chroot, setgroups, setgid, setuid, verified: a failure
@@ -127,10 +131,13 @@ class ListenSpec:
     #: bytes have arrived (TCP_DEFER_ACCEPT), so silent connections do
     #: not take children (Linux; elsewhere a plain listener).
     client_first: bool = False
+    #: Handed over by inetd (`wait`) or systemd (`Accept=no`), not bound
+    #: from the table (activation.py): a reload keeps it.
+    handed: bool = False
 
     def __str__(self):
         host = "*" if self.addr is None else (f"[{self.addr}]" if ":" in self.addr else self.addr)
-        return f"{host}:{self.port}"
+        return f"{host}:{self.port}" + (" (handed over)" if self.handed else "")
 
 
 class Service:
@@ -147,8 +154,8 @@ class Service:
 
     def problems(self, settings, standalone: bool = False) -> list:
         """What makes these settings unusable, seen without reading the
-        files they name (error texts); `standalone`: for one connection
-        on fd 0 (no listeners of its own)."""
+        files they name (error texts); `standalone`: no listeners of its
+        own (one connection on fd 0, or listeners handed over)."""
         return []
 
     def unavailable(self, conn: socket.socket, addr: str, settings, reason: str) -> None:
@@ -404,10 +411,15 @@ class ChildRecord:
 
 class Master:
     def __init__(self, service: Service, settings, foreground: bool, debug: bool, allow_root: bool,
-                 pidfile: Optional[str], scoreboard: str):
+                 pidfile: Optional[str], scoreboard: str, handed: Optional[dict] = None):
         self.service = service
         self.settings = settings
-        self.foreground = foreground or debug
+        #: {ListenSpec: [socket]} from inetd or systemd (activation.py):
+        #: the master then listens on those only, stays in the foreground
+        #: (its starter waits for it) and exits after `idle-exit` seconds
+        #: without a connection.
+        self.handed = handed
+        self.foreground = foreground or debug or bool(handed)
         self.debug = debug
         self.allow_root = allow_root
         self.pidfile = PidFile(pidfile) if pidfile else None
@@ -431,50 +443,59 @@ class Master:
         self._title = None
         self.stress = False
         self._watched = None
+        self._activity = (None, time.monotonic())   # (connections served so far, when that changed)
+        self.starter = os.getppid()                 # who handed the listeners over (inetd, systemd)
 
     # ------------------------------------------------------------ start
 
     def start(self) -> int:
         """Everything that can fail is checked while stderr is still the
-        operator's terminal; then detach and serve."""
+        operator's terminal; then detach (unless in the foreground, or with
+        handed listeners) and serve."""
         s = self.settings
+        # With listeners from inetd, stderr is the listening socket's
+        # /dev/null (and under systemd the journal): the log must hear it too.
+        logger = self.settings_log() if self.handed else None
+
+        def fail(text: str, status: int) -> int:
+            if self.handed:
+                log.error("%s", text)
+            print(f"{self.service.prog}: {text}", file=sys.stderr)
+            return status
         try:
             self.jail = jail_for(s, self.allow_root)
         except PrivsepError as e:
-            print(f"{self.service.prog}: {e}", file=sys.stderr)
-            return EXIT_CONFIG
-        problems = self.service.problems(s)
+            return fail(str(e), EXIT_CONFIG)
+        problems = self.service.problems(s, standalone=bool(self.handed))
         if problems:
             for p in problems:
-                print(f"{self.service.prog}: {p}", file=sys.stderr)
+                fail(p, EXIT_CONFIG)
             return EXIT_CONFIG
-        logger = self.settings_log()  # first: what prepare() warns about goes to the log
+        logger = logger or self.settings_log()  # first: what prepare() warns about goes to the log
         if not self.foreground and slog.lost_when_detached(logger):
             print(f"{self.service.prog}: {slog.REFUSE_DETACH}", file=sys.stderr)
             return EXIT_RUNTIME
         try:
             self.prepared = self.service.prepare(s)
         except Unusable as e:
-            print(f"{self.service.prog}: {e}", file=sys.stderr)
-            return EXIT_CONFIG
+            return fail(str(e), EXIT_CONFIG)
         if self.pidfile:
             try:
                 self.pidfile.lock()
             except OSError as e:
-                print(f"{self.service.prog}: {e}", file=sys.stderr)
-                return EXIT_RUNTIME
+                return fail(str(e), EXIT_RUNTIME)
         try:
-            for spec in self.service.listeners(s):
-                self.listeners[spec] = bind(spec)
+            if self.handed:
+                self.listeners = dict(self.handed)
+            else:
+                for spec in self.service.listeners(s):
+                    self.listeners[spec] = bind(spec)
         except OSError as e:
-            print(f"{self.service.prog}: {e.strerror}", file=sys.stderr)
-            return EXIT_RUNTIME
+            return fail(e.strerror, EXIT_RUNTIME)
         try:
             self.board = Scoreboard.create(self.scoreboard_path, s["maxchildren"], os.getpid())
         except OSError as e:
-            print(f"{self.service.prog}: cannot create the scoreboard {self.scoreboard_path}: {e.strerror}",
-                  file=sys.stderr)
-            return EXIT_RUNTIME
+            return fail(f"cannot create the scoreboard {self.scoreboard_path}: {e.strerror}", EXIT_RUNTIME)
         if not self.foreground:
             import daemon
             keep = [sock.fileno() for socks in self.listeners.values() for sock in socks]
@@ -545,6 +566,8 @@ class Master:
                 self._watch()
                 self.maintain()
             self._update_title()
+            if self.handed and not self.stopping:
+                self._exit_when_idle()
             try:
                 poller.poll(int(self._timeout() * 1000))
             except InterruptedError:
@@ -608,10 +631,42 @@ class Master:
             self._signal_kids(signal.SIGKILL)
 
     def _close_listeners(self) -> None:
-        for socks in self.listeners.values():
+        for spec, socks in self.listeners.items():
             for s in socks:
+                if spec.handed:
+                    try:
+                        s.setblocking(True)  # as the starter gave it: the flag is shared with its copy
+                    except OSError:
+                        pass
                 s.close()
         self.listeners = {}
+
+    def _exit_when_idle(self) -> None:
+        """With handed listeners: when the starter is gone, or after
+        `idle-exit` seconds in which no connection was served or in
+        progress, stop as TERM does.  The starter (xinetd, systemd) listens
+        again once this process is gone, and a connection that arrives
+        meanwhile waits in the kernel's queue for the next start."""
+        if os.getppid() != self.starter:
+            # xinetd stopped leaves its `wait` servers running; nothing
+            # would start this one again, and an administrator who stops
+            # inetd means its services too.
+            log.info("the program that handed the listeners over (pid %d) is gone: stopping", self.starter)
+            self._on_signal(signal.SIGTERM)
+            return
+        limit = self.settings["idle-exit"]
+        if not limit:
+            return
+        states = self.board.states()
+        busy = any(states[k.slot:k.slot + 1] in (BUSY, STOPPING) for k in self.kids.values())
+        served = self.retired + sum(self.board.slot(k.slot).served for k in self.kids.values())
+        now = time.monotonic()
+        if busy or served != self._activity[0]:
+            self._activity = (served, now)
+        elif now - self._activity[1] >= limit:
+            log.info("no connection for %ds (idle-exit): exiting; the next one starts %s again",
+                     limit, self.service.prog)
+            self._on_signal(signal.SIGTERM)
 
     def _signal_kids(self, signum: int, which=None) -> None:
         for pid, kid in list(self.kids.items()):
@@ -741,7 +796,7 @@ class Master:
         except PrivsepError as e:
             log.error("reload refused: %s; the running configuration stays", str(e))
             return
-        problems = self.service.problems(new)
+        problems = self.service.problems(new, standalone=bool(self.handed))
         try:
             prepared = None if problems else self.service.prepare(new)
         except Unusable as e:
@@ -751,7 +806,7 @@ class Master:
                 log.error("%s", p)
             log.error("reload refused; the running configuration stays")
             return
-        specs = self.service.listeners(new)
+        specs = list(self.handed) if self.handed else self.service.listeners(new)
         added = {}
         try:
             for spec in specs:

@@ -1,5 +1,6 @@
-"""smap's command line: inetd mode (one session on fd 0) or, with
--daemon, the prefork master.
+"""smap's command line: inetd mode (one session on fd 0), the prefork
+master with -daemon, or the master on the listening sockets that inetd
+(`wait`) or systemd (`Accept=no`) handed over (prefork/activation.py).
 
 What it trusts: argv and the environment.
 
@@ -22,12 +23,13 @@ def main(argv=None) -> int:
     # A client of smap under inetd hears "try later", never the errors.
     prog, args, settings = fwtk_start(argv, SMAP, True,
                                        b"421 4.3.0 Service temporarily unavailable (configuration error)\r\n")
-    if args.daemon:
-        from smapd.smap import service
-        name = invoked_name(sys.argv[0] if argv is None else argv[0], args.name)
-        return service.daemon_main(settings, prog, name, table_path(args.config), args)
-    from smapd.smap import inetd
     name = invoked_name(sys.argv[0] if argv is None else argv[0], args.name)
+    from smapd.prefork.activation import handed_listeners
+    handed = handed_listeners("smtps" if args.smtps else None, {"smtps": "smtps"})
+    if args.daemon or handed:
+        from smapd.smap import service
+        return service.daemon_main(settings, prog, name, table_path(args.config), args, handed)
+    from smapd.smap import inetd
     return inetd.main(settings, prog, name, table_path(args.config), args.debug, args.allow_root, args.smtps)
 
 

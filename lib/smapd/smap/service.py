@@ -227,9 +227,11 @@ class SmapService:
                         tls_context=prepared.tls_context, smtps=tag == "smtps", setup=prepared.setup, child=child)
 
 
-def daemon_main(settings, prog: str, name: str, table: str, args) -> int:
+def daemon_main(settings, prog: str, name: str, table: str, args, handed=None) -> int:
+    """smap -daemon, or the master on the listeners inetd or systemd
+    handed over (`handed`, activation.py), which never detaches."""
     from smapd.prefork.master import Master
-    detached = not (args.foreground or args.debug)
+    detached = not (args.foreground or args.debug or handed)
     master = Master(SmapService(prog, name, table), settings, args.foreground, args.debug, args.allow_root,
-                    pidfile_path(settings, args.pidfile, detached), settings["scoreboard"])
+                    pidfile_path(settings, args.pidfile, detached), settings["scoreboard"], handed)
     return master.start()

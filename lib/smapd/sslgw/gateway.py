@@ -42,7 +42,7 @@ import socket
 import ssl
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from smapd.table import keywords
 from smapd import log as slog
@@ -52,6 +52,7 @@ from smapd.sockets import no_delay, readable
 from smapd.table.netperm import ConfigError, Diagnostic, Table, check_hosts
 from smapd.addresses import client_address
 from smapd.exits import Unusable
+from smapd.prefork.activation import defers_accept
 from smapd.prefork.privsep import pre_jail
 
 log = logging.getLogger("smapd")
@@ -589,8 +590,18 @@ class SslGwService:
             conn.close()
 
 
-def daemon_main(svc: SslGwService, settings, allow_root: bool = False) -> int:
+def daemon_main(svc: SslGwService, settings, allow_root: bool = False, handed=None) -> int:
+    """ssl-gw -d, or the master on the listeners inetd or systemd handed
+    over (activation.py: then -d's address is not used, the master stays
+    in the foreground, and a pid file is written only when -P or the
+    table names one)."""
     from smapd.prefork.master import Master
     foreground = "-f" in svc.opts
-    master = Master(svc, settings, foreground, foreground, allow_root, settings["pidfile"], settings["scoreboard"])
+    pidfile = settings["pidfile"] if not handed or settings.is_set("pidfile") else None
+    if handed and not svc.role.client:
+        # A socket unit's DeferAcceptSec= is TCP_DEFER_ACCEPT: the client
+        # has spoken when a child wakes, as on the daemon's own listeners.
+        handed = {replace(spec, tag=DEFERRED, client_first=True) if defers_accept(socks[0]) else spec: socks
+                  for spec, socks in handed.items()}
+    master = Master(svc, settings, foreground, foreground, allow_root, pidfile, settings["scoreboard"], handed)
     return master.start()

@@ -5,7 +5,9 @@ one), reads the table under the program's name, `ssl-gw` and the TCP
 wrappers service name (without a table of its own, the default table may
 be missing: stunnel 3 needed none, and the letters are then all), applies
 the letters over the table, and relays one connection in inetd mode or
-runs the master with -d (gateway.py).
+runs the master with -d (gateway.py), or on the listening sockets that
+inetd (`wait`) or systemd (`Accept=no`) handed over, with or without -d
+(prefork/activation.py).
 
 What it trusts: argv and the environment.
 
@@ -104,8 +106,10 @@ def main(argv=None) -> int:
         return EXIT_RUNTIME if all(d.file == "command line" for d in e.diagnostics) else EXIT_CONFIG
     allow_root = "--allow-root" in o
     svc = gateway.SslGwService(prog, names, path, o, service, role, optional)
-    if daemon_mode:
-        return gateway.daemon_main(svc, settings, allow_root)
+    from smapd.prefork.activation import handed_listeners
+    handed = handed_listeners()
+    if daemon_mode or handed:
+        return gateway.daemon_main(svc, settings, allow_root, handed)
     return gateway.inetd_main(svc, settings, allow_root)
 
 

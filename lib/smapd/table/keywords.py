@@ -476,6 +476,9 @@ def _pool(program, maxchildren, maxspare=20, maxperhost=10, maxpernet=30):
         Keyword(program, "maxrequests", Int(1), 500, "connections a child serves before it exits"),
         Keyword(program, "shutdown-timeout", Int(0, metavar="SECONDS"), 60,
                 "how long a graceful stop (TERM) lets sessions finish before they are ended"),
+        Keyword(program, "idle-exit", Int(0, metavar="SECONDS"), 100,
+                "with a listening socket from inetd (wait) or systemd (Accept=no): seconds without a connection "
+                "after which the master exits, to be started again by the next one (0: never)"),
         Keyword(program, "scoreboard", Path("pidfile"), _scoreboard,
                 "the master's shared-memory scoreboard file, which smapctl stats reads",
                 default_doc=_run_doc(program, "scoreboard")),

@@ -47,10 +47,9 @@ def load_settings(program: str, names, path: str, prog: str, inetd_refusal: byte
             for d in e.diagnostics:
                 logger.error("%s", str(d))
             if inetd_refusal:
-                try:
-                    os.write(0, inetd_refusal)  # fd 0 is the connection; 1 and 2 are silenced
-                except OSError:
-                    pass
+                # fd 0 is the connection (or inetd's listener); 1 and 2 are silenced.
+                from smapd.prefork.activation import answer_stdin
+                answer_stdin(inetd_refusal)
         else:
             for d in e.diagnostics:
                 print(f"{prog}: {d}", file=sys.stderr)
