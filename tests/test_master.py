@@ -211,6 +211,21 @@ def test_maxperhost_counts_sessions_of_old_children_after_a_reload(daemon):
     transaction(second)
 
 
+def test_after_quit_the_child_does_not_wait_for_the_clients_close(daemon):
+    """After its 221 a client has nothing in flight: the child closes at
+    once and is free for the next connection, instead of lingering until
+    the client's own close (two seconds for a client that keeps its end
+    open, a round trip for every other)."""
+    d = daemon("smap: minspare 1\nsmap: maxspare 1\n")
+    d.wait_idle(1)
+    s = d.connect()
+    assert s.reply()[0] == 220
+    assert s.cmd("QUIT")[0] == 221
+    assert s.closed()  # our end stays open
+    wait_for(lambda: d.count(BUSY) == 0 and d.count(IDLE) >= 1, timeout=1.0, what="the child idle again")
+    s.close()
+
+
 def test_titles_and_smapctl_stats(daemon):
     d = daemon("smap: minspare 2\nsmap: maxspare 2\n")
     d.wait_idle(2)

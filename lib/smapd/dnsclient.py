@@ -78,10 +78,24 @@ def confirmed_name(addr, resolver: dns.resolver.Resolver, lifetime: float = None
     return lookup_client(addr, resolver, lifetime)[0]
 
 
+#: Confirmed names already found, per process: {(resolver, address):
+#: (expiry, name)}, for as long as both answers that confirmed the name
+#: live.  The resolver's cache holds those answers too, but asking it
+#: again (building the PTR name, two cache look-ups, the comparison) was
+#: a tenth of a daemon child's time per session (bench/NOTES.md).
+_confirmed = {}
+
+
 def lookup_client(addr, resolver: dns.resolver.Resolver, lifetime: float = None):
     """(confirmed name or None, paranoid): `paranoid` is True when the
     address has PTR names but none of them leads back to it (TCP
     wrappers' PARANOID); DNS trouble is not paranoia."""
+    key = (resolver, addr)
+    known = _confirmed.get(key)
+    if known is not None:
+        if known[0] > time.time():
+            return known[1], False
+        del _confirmed[key]
     try:
         a = client_address(addr)
     except ValueError:
@@ -114,7 +128,11 @@ def lookup_client(addr, resolver: dns.resolver.Resolver, lifetime: float = None)
         for fwd in answer:
             try:
                 if ipaddress.ip_address(fwd.address) == a:
-                    return name.to_text(omit_final_dot=True).lower(), False
+                    found = name.to_text(omit_final_dot=True).lower()
+                    if len(_confirmed) >= CACHE_ENTRIES:
+                        _confirmed.clear()
+                    _confirmed[key] = (min(ptr.expiration, answer.expiration), found)
+                    return found, False
             except ValueError:
                 continue
     return None, paranoid

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 from email.utils import formatdate
 
 from smapd import __version__
@@ -58,6 +59,20 @@ def _quoted(text: str) -> str:
     return '"' + re.sub(r'([\\"()])', r"\\\1", text) + '"'
 
 
+_last_date = (None, "")
+
+
+def _date(when: float = None) -> str:
+    """RFC 5322 date of `when` (now by default), local time: formatted
+    once per second (a busy child stamps many messages in one, and
+    formatdate was a few per cent of a session)."""
+    global _last_date
+    second = int(time.time() if when is None else when)
+    if _last_date[0] != second:
+        _last_date = (second, formatdate(second, localtime=True))
+    return _last_date[1]
+
+
 def received_header(helo: str, client_name: str, client_addr: str, hostname: str, protocol: str,
                     queue_id: str, recipients, when: float = None) -> bytes:
     """The trace header (RFC 5321 4.4), folded, LF line ends."""
@@ -69,8 +84,8 @@ def received_header(helo: str, client_name: str, client_addr: str, hostname: str
         first = f"Received: from {literal} ({name} {literal} helo={_quoted(helo or '')})"
     lines = [first, f"\tby {hostname} (smap, smapd {__version__}) with {protocol} id {queue_id}"]
     if len(recipients) == 1:
-        lines.append(f"\tfor <{recipients[0]}>; {formatdate(when, localtime=True)}")
+        lines.append(f"\tfor <{recipients[0]}>; {_date(when)}")
     else:
         lines[-1] += ";"
-        lines.append(f"\t{formatdate(when, localtime=True)}")
+        lines.append(f"\t{_date(when)}")
     return ("\n".join(lines) + "\n").encode("ascii", "replace")

@@ -92,7 +92,7 @@ def refuse(sock, result, name: str, addr: str) -> None:
         sock.sendall(b"".join(r.render() for r in result.replies))
     except OSError:
         pass
-    lingering_close(sock, at_connect=True)
+    lingering_close(sock, idle_peer=True)
 
 
 def admitted(settings, proto: Protocol, sock, name: str, addr: str) -> bool:

@@ -309,6 +309,7 @@ class Session:
         self.observer = observer
         self._stage = None
         self.messages = 0
+        self.said_bye = False   # the session ended with our 221 to its QUIT
         self.bytes = 0
         #: The queue id of the next message, given at connect: every log
         #: line of the session up to that message carries it, so that one
@@ -375,6 +376,7 @@ class Session:
                         return
                     continue
                 if not self._send(result):
+                    self.said_bye = result.replies[-1].code == 221 if result.replies else False
                     return
                 self._note_stage()
         except TimedOut as e:
@@ -397,7 +399,7 @@ class Session:
             if aborted:
                 self.sock.close()
             else:
-                lingering_close(self.sock)
+                lingering_close(self.sock, idle_peer=self.said_bye and not self.framer.buf)
 
     def _handshake(self) -> bool:
         """TLS on this connection, within the idle time-out and the session
@@ -493,16 +495,17 @@ def log_refusal(name: str, addr: str, why: str, last, queue_id=None, sender=None
              "none" if sender is None else f"<{sender}>", "none" if helo is None else f"<{helo}>")
 
 
-def lingering_close(sock, at_connect: bool = False) -> None:
+def lingering_close(sock, idle_peer: bool = False) -> None:
     """Send FIN after the last reply, then read what the client still had
     in flight, briefly: closing with unread input would send a reset that
     can destroy the reply before the client reads it.  Other descriptors
     may hold the connection (inetd's 0, 1 and 2), so the shutdown, not
-    the close, ends it.  `at_connect`: a refusal before the greeting,
-    when an SMTP client has nothing in flight; without input waiting
-    there is nothing to read, and lingering would let a flood of silent
-    connections hold every child LINGER seconds each."""
-    if at_connect and not isinstance(sock, ssl.SSLSocket) and not readable(sock, 0):
+    the close, ends it.  `idle_peer`: the client has nothing in flight,
+    as before the greeting (a refusal at connect) or after its QUIT;
+    without input waiting there is nothing to read, and lingering would
+    let a flood of silent connections hold every child LINGER seconds
+    each, and every session its client's round trip after the 221."""
+    if idle_peer and not isinstance(sock, ssl.SSLSocket) and not readable(sock, 0):
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
