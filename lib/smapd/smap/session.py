@@ -258,20 +258,32 @@ class Framer:
             if not info.too_big:
                 sink(piece)
 
+        slow = 0                # bytes ahead to take line by line: they hold a bare CR or LF
         try:
             while True:
+                if line_start and slow <= 0:
+                    if crlf_before and self.buf.startswith(b".\r\n"):
+                        del self.buf[:3]
+                        return info
+                    taken, ends_crlf = self._lines_in_bulk(info, sink, maxbytes, strict)
+                    if taken > 0:
+                        crlf_before = ends_crlf
+                        continue
+                    slow = -taken
                 i, n = self._find_end()
                 if i < 0:
                     if len(self.buf) > CHUNK:
                         keep = 1 if self.buf.endswith(b"\r") else 0
                         piece = bytes(self.buf[:len(self.buf) - keep])
                         del self.buf[:len(piece)]
+                        slow -= len(piece)
                         emit(piece, line_start)
                         line_start = False
                     self._fill()
                     continue
                 content = bytes(self.buf[:i])
                 del self.buf[:i + n]
+                slow -= i + n
                 if line_start and crlf_before and n == 2 and content == b".":
                     return info
                 emit(content, line_start, b"\n")
@@ -279,6 +291,39 @@ class Framer:
                 crlf_before = n == 2
         finally:
             self._rate_from = None
+
+    def _lines_in_bulk(self, info: MessageInfo, sink, maxbytes: int, strict: bool):
+        """The whole lines at the start of the buffer, up to the message's
+        end or the last line end, taken at once when they hold no bare CR
+        (and, in strict mode, no bare LF): their LF form is the buffer's
+        bytes with CRLF made LF and one leading dot taken from each line.
+        (taken, whether the last ended with CRLF): taken is the octets
+        consumed, 0 when there is no whole line, or minus the octets that
+        must go line by line, which flags what is bare.  Line by line, a
+        100 KB message was 1300 rounds of Python; this is a few passes
+        in C."""
+        buf = self.buf
+        end = buf.find(b"\r\n.\r\n")
+        last = end + 2 if end >= 0 else buf.rfind(b"\n") + 1
+        if last <= 0:
+            return 0, False
+        block = bytes(buf[:last])
+        crlfs = block.count(b"\r\n")
+        if block.count(b"\r") != crlfs or (strict and block.count(b"\n") != crlfs):
+            return -last, False
+        del buf[:last]
+        out = block.replace(b"\r\n", b"\n")
+        if out.startswith(b"."):
+            out = out[1:]
+        out = out.replace(b"\n.", b"\n")
+        if b"\0" in out:
+            info.nul = True
+        info.size += len(out)
+        if info.size > maxbytes:
+            info.too_big = True
+        if not info.too_big:
+            sink(out)
+        return last, block.endswith(b"\r\n")
 
 
 @dataclass
