@@ -19,6 +19,7 @@ import sys
 
 from smapd import __version__
 from smapd.exits import EXIT_CONFIG
+from smapd.prefork.activation import answer_stdin
 from smapd.prefork.standalone import silence_inetd_output
 from smapd.table.programs import invoked_name, load_settings, table_path
 
@@ -61,5 +62,6 @@ def fwtk_start(argv, program: str, daemon_flag: bool, refusal: bytes = None):
         parser.error = error
     args = parser.parse_args(argv[1:])
     name = invoked_name(argv[0], args.name)
-    return prog, args, load_settings(program, (name,), table_path(args.config), prog,
-                                     refusal if inetd else None)
+    # fd 0 is the connection (or inetd's listener); 1 and 2 are silenced.
+    tell = (lambda: answer_stdin(refusal)) if inetd and refusal else None
+    return prog, args, load_settings(program, (name,), table_path(args.config), prog, bool(inetd), tell)

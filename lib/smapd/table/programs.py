@@ -32,24 +32,22 @@ def invoked_name(argv0: str, explicit=None) -> str:
     return explicit or os.path.basename(argv0) or "smap"
 
 
-def load_settings(program: str, names, path: str, prog: str, inetd_refusal: bytes = None):
+def load_settings(program: str, names, path: str, prog: str, inetd: bool = False, tell_client=None):
     """The program's settings, or exit 2 after reporting every error: on
-    stderr, or under inetd (`inetd_refusal` given) in the log (with the
-    defaults: facility mail, the usual syslog socket), the client getting
-    only `inetd_refusal` (a protocol's own "try later") on fd 0."""
+    stderr, or under inetd (`inetd`) in the log (with the defaults:
+    facility mail, the usual syslog socket), the client being told only
+    what `tell_client()` sends (a protocol's own "try later")."""
     try:
         table = Table.read(path)
         loaded = keywords.load_or_die(table, program, names)
     except ConfigError as e:
-        if inetd_refusal is not None:
+        if inetd:
             from smapd import log
             logger = log.setup(prog)
             for d in e.diagnostics:
                 logger.error("%s", str(d))
-            if inetd_refusal:
-                # fd 0 is the connection (or inetd's listener); 1 and 2 are silenced.
-                from smapd.prefork.activation import answer_stdin
-                answer_stdin(inetd_refusal)
+            if tell_client is not None:
+                tell_client()
         else:
             for d in e.diagnostics:
                 print(f"{prog}: {d}", file=sys.stderr)
