@@ -11,6 +11,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import sys
 
 import pytest
 
@@ -209,3 +210,40 @@ def _connection(port):
         return socket.create_connection(("127.0.0.1", port), timeout=30)
     except OSError:
         return None
+
+
+def test_sslgw_sees_a_deferred_accept_on_the_socket_systemd_hands_over(tmp_path, pki):
+    """A socket unit's DeferAcceptSec= (TCP_DEFER_ACCEPT on the socket
+    systemd passes): ssl-gw serves it as its own -d listeners, the kernel
+    waking a child only once the ClientHello is there.  The socket is
+    passed as systemd does (fd 3, LISTEN_FDS, LISTEN_PID of the process
+    that execs ssl-gw)."""
+    backend = Backend(greeter)
+    syslog = Syslog(tmp_path / "log")
+    table = tmp_path / "table"
+    table.write_text(f"ssl-gw: log-socket {syslog.path}\nssl-gw: tcpwrappers no\nssl-gw: minspare 1\n")
+    port = free_port()
+    launcher = ("import os, socket, sys\n"
+                "s = socket.socket()\n"
+                "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                f"s.bind(('127.0.0.1', {port}))\n"
+                "s.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 10)\n"
+                "s.listen(16)\n"
+                "if s.fileno() != 3:\n"
+                "    os.dup2(s.fileno(), 3)\n"
+                "os.set_inheritable(3, True)\n"
+                "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()))\n"
+                "os.execv(sys.argv[1], sys.argv[1:])\n")
+    proc = subprocess.Popen([sys.executable, "-c", launcher, command("ssl-gw"), "--config", str(table),
+                             "-r", f"127.0.0.1:{backend.port}", "-p", pki.server_pem, "-s", "nobody", "-g", "nogroup",
+                             "-P", "none"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        syslog.wait(rf"started: listening on 127\.0\.0\.1:{port} \(handed over\) deferred")
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+                pki.client_context().wrap_socket(raw, server_hostname="test.example") as tls:
+            assert tls.recv(100) == b"* OK backend ready\r\n"
+    finally:
+        stop(proc, timeout=20)
+        backend.close()
+        syslog.close()
