@@ -161,7 +161,11 @@ def test_ssl_gw_rc_script(tmp_path, pki):
         wait_for(lambda: rc("status").stdout == f"ssl_gw is running as pid {pid}.\n", what="ssl-gw's title")
         raw = socket.create_connection(("127.0.0.1", port), timeout=30)
         tls = pki.client_context().wrap_socket(raw, server_hostname="test.example")
-        conn, _ = backend.accept()  # the handshake done, ssl-gw connected its backend
+        backend.settimeout(30)
+        try:
+            conn, _ = backend.accept()  # the handshake done, ssl-gw connected its backend
+        except socket.timeout:
+            pytest.fail("ssl-gw did not connect its backend; its log:\n" + "\n".join(syslog.read()))
         conn.sendall(b"hello\r\n")
         assert tls.recv(100) == b"hello\r\n"
         conn.close()
