@@ -18,6 +18,7 @@ them all), or exit 0 when a program would refuse to start.
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import os
 import pwd
@@ -66,21 +67,26 @@ class Report:
     path: str
     diagnostics: list = field(default_factory=list)
 
-    def add(self, line, severity, message):
-        self.diagnostics.append(Diagnostic(self.path, line, severity, message))
+    def add(self, line, severity, message, keyword="", program=""):
+        self.diagnostics.append(Diagnostic(self.path, line, severity, message, keyword=keyword, program=program))
 
     def extend(self, diags):
         self.diagnostics.extend(diags)
 
-    def lines(self):
+    def unique(self):
+        """The diagnostics in file and line order, each finding once (one
+        line read by several names is found by each)."""
         seen, out = set(), []
         order = {"error": 0, "warning": 1, "note": 2}
         for d in sorted(self.diagnostics, key=lambda d: (d.file != self.path, d.file, d.line, order[d.severity])):
             key = (d.file, d.line, d.severity, d.message)
             if key not in seen:
                 seen.add(key)
-                out.append(str(d))
+                out.append(d)
         return out
+
+    def lines(self):
+        return [str(d) for d in self.unique()]
 
     def count(self, severity):
         return len({(d.file, d.line, d.message) for d in self.diagnostics if d.severity == severity})
@@ -141,7 +147,7 @@ def check_table(path: str, names=(), files: bool = True) -> Report:
         # one it does not mention (no lines, defaults only) is not run
         # from this table, and "smap needs relay control" would be noise.
         result = keywords.load(table, role, readers, rules=name in configured)
-        report.extend(result.diagnostics)
+        report.extend(d if d.program else dataclasses.replace(d, program=role) for d in result.diagnostics)
         loaded[name] = result.settings
 
     _foreign_names(table, roles, loaded, report)
@@ -244,7 +250,7 @@ def _pairs(loaded, first_line, report, files: bool):
         (a, sa), (b, sb) = smaps[0], smapds[0]
         if os.path.normpath(sa["directory"]) != os.path.normpath(sb["directory"]):
             report.add(_at(sb, "directory") or first_line.get(b, 0), "warning",
-                       f"{a} spools into {sa['directory']} but {b} reads {sb['directory']}")
+                       f"{a} spools into {sa['directory']} but {b} reads {sb['directory']}", "directory", SMAPD)
         elif files and (sa.origins or sb.origins):
             ids_a, ids_b = _uid_gid(sa), _uid_gid(sb)
             # Different users in one group are the recommended set-up
@@ -254,7 +260,7 @@ def _pairs(loaded, first_line, report, files: bool):
                 report.add(_at(sb, "groupid") or _at(sb, "userid") or first_line.get(b, 0), "error",
                            f"{a} runs as uid {ids_a[0]}, gid {ids_a[1]} but {b} as uid {ids_b[0]}, gid {ids_b[1]}: "
                            f"smap's spool files are mode 0660, so {b} could open none of them; give both the "
-                           "same groupid (a userid of its own for smapd is fine, and recommended)")
+                           "same groupid (a userid of its own for smapd is fine, and recommended)", "groupid", SMAPD)
 
 
 # --------------------------------------------------------------------------
@@ -278,7 +284,7 @@ def _machine(s, name, report):
         problem = _CHECKS[check](value, s, kw, report)
         if problem:
             severity, text = problem
-            report.add(line, severity, f"{label}: {text}")
+            report.add(line, severity, f"{label}: {text}", kw.name, s.program)
     if s.program == SMAP:
         # What smap would log at start about the files it reads line by line.
         from smapd.smap.recipients import RecipientMap
@@ -288,14 +294,14 @@ def _machine(s, name, report):
                 continue
             try:
                 for warning in loader(s[keyword]).warnings:
-                    report.add(_at(s, keyword), "warning", f"{name}: {warning}")
+                    report.add(_at(s, keyword), "warning", f"{name}: {warning}", keyword, SMAP)
             except OSError:
                 pass  # the file check has said why
     if s.program == SSLGW and s["tcpwrappers"] and os.path.isdir(s["tcpwrappers-dir"]):
         # What ssl-gw would log at start about hosts.allow and hosts.deny.
         from smapd.sslgw.tcpwrap import Tables
         for warning in Tables(s["tcpwrappers-dir"]).warnings:
-            report.add(_at(s, "tcpwrappers-dir"), "warning", f"{name}: {warning}")
+            report.add(_at(s, "tcpwrappers-dir"), "warning", f"{name}: {warning}", "tcpwrappers-dir", SSLGW)
 
 
 def _user(value, s, kw, report):
@@ -366,6 +372,8 @@ def _stat(value, is_kind, kind):
 
 
 def _dir(value, s, kw, report):
+    if kw.name == "holddir" and not os.path.lexists(value):
+        return None  # smapctl hold makes it when it first needs it
     st, bad = _stat(value, stat.S_ISDIR, "a directory")
     if bad:
         return bad
@@ -376,17 +384,23 @@ def _dir(value, s, kw, report):
         if st.st_mode & stat.S_IWOTH:
             return ("error", f"is writable by everyone (mode {st.st_mode & 0o7777:04o}): anyone could plant "
                     "mail for smapd to hand off; make it 0770, of the group smap and smapd share")
-    if kw.name == "baddir" and s.program == SMAPD:
+    # Who moves files there by link and unlink, never through a symbolic
+    # link (whoever runs as smap's user could have planted one).
+    movers = {"baddir": ("smapd never follows one there", "smapd moves refused files there", ", and refuses to start"),
+              "holddir": ("smapctl hold and release never follow one there", "smapctl hold and release move "
+                          "files there", "")}
+    if kw.name in movers and s.program == SMAPD:
+        link, moves, refuses = movers[kw.name]
         if os.path.islink(value):
-            return ("error", "is a symbolic link: smapd never follows one there (whoever runs as smap's user could "
-                    "have planted it), and refuses to start")
+            return ("error", f"is a symbolic link: {link} (whoever runs as smap's user could have planted it)"
+                    + refuses)
         try:
             spool = os.stat(s["directory"])
         except OSError:
             return None  # the directory line says why
         if spool.st_dev != st.st_dev:
-            return ("error", f"is not on the file system of the spool {s['directory']}: smapd moves refused "
-                    "files there by link and unlink, and refuses to start")
+            return ("error", f"is not on the file system of the spool {s['directory']}: {moves} by link and "
+                    f"unlink{refuses}")
     return None
 
 

@@ -34,16 +34,23 @@ from smapd.table.programs import table_path
 def cmd_check(args) -> int:
     path = table_path(args.config)
     report = check.check_table(path, args.names, files=not args.syntax_only)
+    errors, warnings = report.count("error"), report.count("warning")
+    if args.json:
+        import json
+        json.dump({"table": path, "errors": errors, "warnings": warnings,
+                   "diagnostics": [d.as_json() for d in report.unique()]}, sys.stdout, indent=1)
+        print()
+        return EXIT_RUNTIME if errors else EXIT_OK
     for line in report.lines():
         print(line)
-    errors, warnings = report.count("error"), report.count("warning")
     plural = lambda n, w: f"{n} {w}" + ("" if n == 1 else "s")
     print(f"{path}: {plural(errors, 'error')}, {plural(warnings, 'warning')}")
     return EXIT_RUNTIME if errors else EXIT_OK
 
 
 def cmd_queue(args) -> int:
-    from smapd.admin import queue
+    """queue, show and the commands that change the queue (surgery.py)."""
+    from smapd.admin import queue, surgery
     from smapd.table.netperm import ConfigError
     try:
         s = queue.settings(table_path(args.config), args.name)
@@ -52,10 +59,20 @@ def cmd_queue(args) -> int:
             print(f"smapctl: {d}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "queue":
-        return queue.list_queue(s, sys.stdout)
-    if args.command == "requeue":
-        return queue.requeue(s, args.ids, sys.stdout, sys.stderr)
-    return queue.flush(s, sys.stdout, sys.stderr)
+        if args.shape:
+            return queue.shape(s, sys.stdout, args.json, args.shape)
+        return queue.list_queue(s, sys.stdout, args.json)
+    ids = surgery.expand_ids(getattr(args, "ids", []))
+    if args.command == "show":
+        return queue.show(s, ids, sys.stdout, sys.stderr, args.message_only, args.json)
+    if args.command == "flush" and not ids:
+        return surgery.flush_all(s, sys.stdout, sys.stderr)
+    if not ids:
+        print(f"smapctl {args.command}: no queue id given", file=sys.stderr)
+        return EXIT_RUNTIME
+    from smapd import log
+    logger = log.setup("smapctl", s["log-facility"], False, s["log-socket"])
+    return surgery.run(args.command, s, ids, sys.stdout, sys.stderr, args.wait, args.reason, logger)
 
 
 def cmd_stats(args) -> int:
@@ -91,6 +108,27 @@ def cmd_stats(args) -> int:
         return True
     sys.stdout.write(format_stats(board, alive=alive))
     return EXIT_OK
+
+
+def cmd_show_config(args) -> int:
+    from smapd.admin import check, effective
+    from smapd.table.keywords import PROGRAMS
+    from smapd.table.netperm import ConfigError
+    program = args.program
+    if program and program not in PROGRAMS:
+        role = check.role_of(program)
+        if role is None:
+            print(f"smapctl: cannot tell which program {program!r} is: name smap, smapd or ssl-gw, or a name "
+                  "they are installed under (smmap, smapd-in...)", file=sys.stderr)
+            return EXIT_CONFIG
+        args.name, program = args.name or program, role
+    try:
+        return effective.show_config(table_path(args.config), program, args.name, args.service, args.n, args.json,
+                                     sys.stdout, sys.stderr)
+    except ConfigError as e:
+        for d in e.diagnostics:
+            print(f"smapctl: {d}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def cmd_maildrop(args) -> int:
@@ -230,20 +268,56 @@ def parser() -> argparse.ArgumentParser:
                    help="the table (default: $NETPERM_TABLE, else /usr/local/etc/netperm-table)")
     c.add_argument("--syntax-only", "-n", action="store_true",
                    help="check the table only, not the accounts and files it names")
+    c.add_argument("--json", action="store_true", help="the diagnostics as one JSON document (file, line, "
+                                                       "severity, program, keyword, text)")
     c.add_argument("names", nargs="*", metavar="NAME[=PROGRAM]",
                    help="the names the programs run under (default: every name of the table a program reads)")
     c.set_defaults(func=cmd_check)
-    for cmd, helptext in (("queue", "list the spool and bad/: id, age, size, sender, recipients, next attempt, "
-                                    "last error"),
-                          ("requeue", "move messages from bad/ back into the spool"),
-                          ("flush", "make deferred messages due now and wake smapd")):
+    queue_commands = (
+        ("queue", "list the spool, hold/ and bad/: id, age, size, sender, recipients, next attempt, last error",
+         None),
+        ("show", "print messages' envelopes and the messages as queued (as postcat -q)", "ID"),
+        ("hold", "keep messages of the spool from being handed off, in hold/ (as postsuper -h)", "ID|all"),
+        ("release", "put held messages back into the spool, due now (as postsuper -H)", "ID|all"),
+        ("requeue", "put messages of bad/ or hold/ back into the spool, or make spooled ones due now with their "
+                    "last error forgotten (as postsuper -r); all: every message of bad/", "ID|all"),
+        ("flush", "make deferred messages due now (all of them without ID) and wake smapd", "ID"),
+        ("delete", "delete messages, wherever they are (as postsuper -d); logged with who and why", "ID"))
+    for cmd, helptext, metavar in queue_commands:
         q = sub.add_parser(cmd, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
         q.add_argument("--config", "-c", metavar="FILE", help="the table (default: $NETPERM_TABLE, else "
                                                                  "/usr/local/etc/netperm-table)")
         q.add_argument("--name", default="smapd", help="the name smapd reads the table under (default: smapd)")
-        if cmd == "requeue":
-            q.add_argument("ids", nargs="+", metavar="ID|all")
+        if cmd in ("queue", "show"):
+            q.add_argument("--json", action="store_true", help="one JSON document on stdout")
+        if cmd == "queue":
+            q.add_argument("--shape", nargs="?", const="spool", choices=("spool", "hold", "bad"),
+                           help="messages by recipient domain and age in minutes, as qshape (default: the spool)")
+        elif cmd == "show":
+            q.add_argument("--message-only", "-m", action="store_true",
+                           help="the message alone, byte for byte as queued")
+        else:
+            q.add_argument("--wait", type=float, metavar="SECONDS",
+                           help="how long to wait for a hand-off that holds a message's lock (default: the "
+                                "table's sendmail-timeout)")
+            q.add_argument("--reason", metavar="TEXT", help="why, for the log line")
+        if metavar:
+            q.add_argument("ids", nargs="*" if cmd == "flush" else "+", metavar=metavar,
+                           help="queue ids; - reads more from standard input")
         q.set_defaults(func=cmd_queue, command=cmd)
+    sc = sub.add_parser("show-config", help="the settings in force and the line each comes from (as postconf)",
+                        description="Print every keyword of a program with the value in force and where it comes "
+                                    "from: the table's file:line that wins, or default; lines that lose to it are "
+                                    "named. As postconf (and, with -n, postconf -n).")
+    sc.add_argument("program", nargs="?", metavar="PROGRAM",
+                    help="smap, smapd, ssl-gw, or a name one of them runs as (default: all three)")
+    sc.add_argument("--config", "-c", metavar="FILE", help="the table (default: $NETPERM_TABLE, else "
+                                                              "/usr/local/etc/netperm-table)")
+    sc.add_argument("--name", help="the name the program reads the table under (default: PROGRAM)")
+    sc.add_argument("--service", "-N", help="ssl-gw's service name (-N), whose lines it reads too")
+    sc.add_argument("-n", action="store_true", help="only the keywords the table sets")
+    sc.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    sc.set_defaults(func=cmd_show_config)
     st = sub.add_parser("stats", help="print the scoreboard of a running smap -daemon",
                         description="Print the scoreboard of a running master: its children, their state, "
                                     "the client each serves and the SMTP stage it is at.")
@@ -310,6 +384,8 @@ def parser() -> argparse.ArgumentParser:
                     help=f"PBKDF2 iterations (default: {password_file.DEFAULT_ITERATIONS}, about 50 ms a verification; "
                          f"{password_file.MIN_ITERATIONS} to {password_file.MAX_ITERATIONS})")
     pw.set_defaults(func=cmd_passwd)
+    # Subcommands defined in modules of their own, each adding its parsers
+    # with add_parsers(sub) (one line per module, below).
     return p
 
 

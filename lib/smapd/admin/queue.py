@@ -1,171 +1,271 @@
-"""`smapctl queue`, `requeue` and `flush`: the operator's view of the spool.
+"""`smapctl queue` and `show`: the operator's view of the spool.
 
-What it does: lists the committed messages of smapd's spool and of its
-baddir (id, age, size, sender, recipients, next attempt, last error);
-moves refused messages from baddir back into the spool; makes every
-deferred message due now and wakes smapd through the `.trigger` FIFO.
+What it does: finds the committed messages of smapd's spool, of its
+holddir (`smapctl hold`) and of its baddir, and says what each one is:
+id, where, age, size, sender, recipients (pending or sent), next
+attempt, last error (`queue`, as text or `--json`); the age of the
+pending mail by recipient domain (`queue --shape`, as Postfix's qshape);
+one message's envelope and the message exactly as queued (`show`, as
+`postcat -q`).  surgery.py changes what this module finds.
 
-What it trusts: smapd's table for where the spool is; nothing in the
-spool files (spool.read_envelope checks them).
+What it trusts: smapd's table for where the directories are; nothing in
+the spool files (spool.read_envelope checks them).
 
-What it must never do: touch a message smapd is delivering (requeue and
-flush take the fcntl lock first and skip a locked file), or lose one: a
-requeue is a rename within one file system.
+What it must never do: change a file; follow a symbolic link (root runs
+it, and whoever runs as smap's user can plant one in the spool); block
+on a FIFO; read a message's body into memory.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import stat
 import time
+from dataclasses import dataclass
 
-from smapd.table import keywords
 from smapd import spool
+from smapd.spool import READY_PREFIX, queue_id_time
+from smapd.table import keywords
 from smapd.table.netperm import Table
-from smapd.spool import READY_PREFIX, TRIGGER, poke_trigger, queue_id_time
+
+#: Where a message may be, in the order they are searched and listed,
+#: with the keyword that names each directory.
+PLACES = (("spool", "directory"), ("hold", "holddir"), ("bad", "baddir"))
 
 
 def settings(path: str, name: str):
     return keywords.load_or_die(Table.read(path), keywords.SMAPD, (name,)).settings
 
 
-def _age(seconds: float) -> str:
+def directories(s) -> dict:
+    return {place: s[kw] for place, kw in PLACES}
+
+
+@dataclass
+class Message:
+    """One committed file as found: `env` is None when it cannot be read,
+    and `problem` says why."""
+    id: str
+    place: str          # spool, hold or bad
+    path: str
+    st: os.stat_result
+    env: object
+    problem: str
+
+    def arrival(self) -> float:
+        return queue_id_time(self.id) or self.st.st_ctime
+
+    def next_attempt(self):
+        """When smapd tries it next (the file's mtime), None when it never
+        will as it is (held, or in bad/)."""
+        return self.st.st_mtime if self.place == "spool" else None
+
+
+def bare_id(text: str) -> str:
+    """A queue id as the operator may type it: with or without `sma`."""
+    return text[len(READY_PREFIX):] if text.startswith(READY_PREFIX) else text
+
+
+def read(place: str, path: str):
+    """The Message at `path`, None when there is none (gone meanwhile)."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise spool.Corrupt(f"not a regular file (mode {st.st_mode:o})")
+        # Never through a symlink, never blocking on a FIFO: root runs this.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            env, problem = spool.read_envelope(f), None
+    except FileNotFoundError:
+        return None
+    except (OSError, spool.Corrupt) as e:
+        env, problem = None, str(e)
+    return Message(bare_id(os.path.basename(path)), place, path, st, env, problem)
+
+
+def in_place(place: str, directory: str):
+    """The messages of one directory, oldest first.  A symbolic link in
+    the place of bad/ or hold/ is not followed (smapd refuses it too)."""
+    if place != "spool" and os.path.islink(directory):
+        return
+    for name in spool.list_spool(directory):
+        m = read(place, os.path.join(directory, name))
+        if m is not None:
+            yield m
+
+
+def find(s, qid: str):
+    """The message with this id, wherever it is, or None."""
+    name = READY_PREFIX + bare_id(qid)
+    if "/" in name or name in (".", ".."):
+        return None
+    for place, directory in directories(s).items():
+        if place != "spool" and os.path.islink(directory):
+            continue
+        m = read(place, os.path.join(directory, name))
+        if m is not None:
+            return m
+    return None
+
+
+def age(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
     return f"{int(seconds)}s"
 
 
-def _entries(directory: str):
-    for name in spool.list_spool(directory):
-        path = os.path.join(directory, name)
-        try:
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode):
-                raise spool.Corrupt(f"not a regular file (mode {st.st_mode:o})")
-            # Never through a symlink, never blocking on a FIFO: root runs this.
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-            with open(fd, "rb") as f:
-                env = spool.read_envelope(f)
-            problem = None
-        except FileNotFoundError:
-            continue
-        except (OSError, spool.Corrupt) as e:
-            env, problem = None, str(e)
-        yield name[len(READY_PREFIX):], path, st, env, problem
+def as_json(m: Message, now: float) -> dict:
+    """One message for --json: the same facts as the text, in numbers
+    (seconds since the epoch, sizes in octets)."""
+    out = {"id": m.id, "queue": m.place, "path": m.path, "size": m.st.st_size, "arrival": round(m.arrival(), 3),
+           "age": int(now - m.arrival()), "next_attempt": m.next_attempt(), "last_error": spool.get_error(m.path)
+           or None, "problem": m.problem}
+    if m.env is not None:
+        sent = set(m.env.sent)
+        out.update(sender=m.env.sender, recipients=[{"address": r, "state": "sent" if r in sent else "pending"}
+                                                    for r in m.env.recipients],
+                   pending=len(m.env.pending), attributes=m.env.attributes)
+    return out
 
 
-def list_queue(s, out) -> int:
+def _when(m: Message, now: float) -> str:
+    if m.place == "bad":
+        return "never (bad)"
+    if m.place == "hold":
+        return "never (held)"
+    return "now" if m.st.st_mtime <= now else f"in {age(m.st.st_mtime - now)}"
+
+
+def list_queue(s, out, as_json_document: bool = False) -> int:
     now = time.time()
-    for title, directory in (("spool", s["directory"]), ("bad", s["baddir"])):
-        if title == "bad" and os.path.islink(directory):
-            print(f"bad {directory}: a symbolic link, not followed (smapd refuses it too)", file=out)
+    if as_json_document:
+        import json
+        doc = {"queues": [], "messages": []}
+        for place, directory in directories(s).items():
+            rows = list(in_place(place, directory))
+            doc["queues"].append({"queue": place, "directory": directory, "messages": len(rows),
+                                  "followed": place == "spool" or not os.path.islink(directory)})
+            doc["messages"] += [as_json(m, now) for m in rows]
+        json.dump(doc, out, indent=1)
+        out.write("\n")
+        return 0
+    for place, directory in directories(s).items():
+        if place != "spool" and os.path.islink(directory):
+            print(f"{place} {directory}: a symbolic link, not followed (smapd refuses it too)", file=out)
             continue
-        rows = list(_entries(directory))
-        print(f"{title} {directory}: {len(rows)} message{'' if len(rows) == 1 else 's'}", file=out)
-        for qid, path, st, env, problem in rows:
-            born = queue_id_time(qid) or st.st_ctime
-            due = st.st_mtime
-            when = "now" if due <= now else f"in {_age(due - now)}"
-            if title == "bad":
-                when = "never (bad)"
-            if env is None:
-                print(f"  {qid}  {st.st_size}  {_age(now - born)}  unreadable: {problem}", file=out)
+        if place == "hold" and not os.path.lexists(directory):
+            continue  # never used: no line for it
+        rows = list(in_place(place, directory))
+        print(f"{place} {directory}: {len(rows)} message{'' if len(rows) == 1 else 's'}", file=out)
+        for m in rows:
+            if m.env is None:
+                print(f"  {m.id}  {m.st.st_size}  {age(now - m.arrival())}  unreadable: {m.problem}", file=out)
                 continue
-            pending = env.pending
-            print(f"  {qid}  size={st.st_size}  age={_age(now - born)}  next={when}  from=<{env.sender}>  "
-                  f"rcpt={len(pending)}/{len(env.recipients)} pending", file=out)
+            pending = m.env.pending
+            print(f"  {m.id}  size={m.st.st_size}  age={age(now - m.arrival())}  next={_when(m, now)}  "
+                  f"from=<{m.env.sender}>  rcpt={len(pending)}/{len(m.env.recipients)} pending", file=out)
             for r in pending[:10]:
                 print(f"      to=<{r}>", file=out)
             if len(pending) > 10:
                 print(f"      ... and {len(pending) - 10} more", file=out)
-            error = spool.get_error(path)
+            error = spool.get_error(m.path)
             if error:
                 print(f"      last error: {error}", file=out)
     return 0
 
 
-def _locked_do(path: str, action) -> bool:
-    """Run action() holding the file's lock; False if smapd holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                return False
-            raise
-        action(fd)
-        return True
-    finally:
-        os.close(fd)
+# ------------------------------------------------------------ the shape
+
+#: qshape's default buckets: the upper bound of each, in minutes.
+SHAPE_BUCKETS = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
 
 
-def requeue(s, ids, out, err) -> int:
-    bad, spool_dir = s["baddir"], s["directory"]
-    if os.path.islink(bad):
-        # Whoever runs as smap's user could have planted it: files from
-        # wherever it points would be linked into the spool, as root.
-        print(f"smapctl: {bad} is a symbolic link: not followed, nothing requeued", file=err)
-        return 1
-    names = spool.list_spool(bad)
-    if ids != ["all"]:
-        wanted = {READY_PREFIX + i if not i.startswith(READY_PREFIX) else i for i in ids}
-        missing = sorted(wanted - set(names))
-        for m in missing:
-            print(f"smapctl: no {m[len(READY_PREFIX):]} in {bad}", file=err)
-        names = sorted(wanted & set(names))
+def shape(s, out, as_json_document: bool = False, place: str = "spool") -> int:
+    """The messages of one queue by recipient domain and age, as qshape:
+    a message counts once in each domain it still has a recipient for,
+    and once in TOTAL."""
     now = time.time()
-    for name in names:
-        src, dst = os.path.join(bad, name), os.path.join(spool_dir, name)
+    rows, total = {}, [0] * (len(SHAPE_BUCKETS) + 1)
+    for m in in_place(place, directories(s)[place]):
+        minutes = (now - m.arrival()) / 60
+        b = next((i for i, top in enumerate(SHAPE_BUCKETS) if minutes < top), len(SHAPE_BUCKETS))
+        total[b] += 1
+        domains = {"(unreadable)"} if m.env is None else \
+            {r.rpartition("@")[2].lower() or "(no domain)" for r in m.env.pending}
+        for d in domains:
+            rows.setdefault(d, [0] * len(total))[b] += 1
+    order = sorted(rows, key=lambda d: (-sum(rows[d]), d))
+    if as_json_document:
+        import json
+        json.dump({"queue": place, "buckets": [f"<{b}m" for b in SHAPE_BUCKETS] + [f">={SHAPE_BUCKETS[-1]}m"],
+                   "total": {"count": sum(total), "by_age": total},
+                   "domains": [{"domain": d, "count": sum(rows[d]), "by_age": rows[d]} for d in order]}, out, indent=1)
+        out.write("\n")
+        return 0
+    width = max([len("TOTAL")] + [len(d) for d in order])
+    heads = ["T"] + [str(b) for b in SHAPE_BUCKETS] + [f"{SHAPE_BUCKETS[-1]}+"]
+    cols = [max(5, len(h) + 1) for h in heads]
+    print(" " * width + "".join(h.rjust(c) for h, c in zip(heads, cols)), file=out)
+    for label, counts in [("TOTAL", total)] + [(d, rows[d]) for d in order]:
+        print(label.rjust(width) + "".join(str(n).rjust(c) for n, c in zip([sum(counts)] + counts, cols)), file=out)
+    return 0
 
-        def move(fd, src=src, dst=dst):
-            spool.clear_error(fd)
-            os.utime(fd, (now, now))
-            os.link(src, dst)  # never replaces a file of that name in the spool
-            os.unlink(src)
-        try:
-            moved = _locked_do(src, move)
-        except OSError as e:
-            print(f"smapctl: {name}: {e.strerror}", file=err)
-            return 1
-        if not moved:
-            print(f"smapctl: {name[len(READY_PREFIX):]} is locked by another process; not requeued", file=err)
+
+# ------------------------------------------------------------ one message
+
+def show(s, ids, out, err, message_only: bool = False, as_json_document: bool = False) -> int:
+    """Each message's envelope, its state and the message exactly as
+    queued (`--message-only`: the message alone, byte for byte)."""
+    status, now, docs = 0, time.time(), []
+    for qid in ids:
+        m = find(s, qid)
+        if m is None:
+            print(f"smapctl: no message {bare_id(qid)} in the spool, hold or bad directories", file=err)
+            status = 1
             continue
-        print(f"requeued {name[len(READY_PREFIX):]}", file=out)
-    poke_trigger(spool_dir)
-    return 1 if ids != ["all"] and missing else 0
-
-
-def flush(s, out, err) -> int:
-    spool_dir = s["directory"]
-    now = time.time()
-    made_due = 0
-    for name in spool.list_spool(spool_dir):
-        path = os.path.join(spool_dir, name)
-        try:
-            if os.stat(path).st_mtime > now and _locked_do(path, lambda fd: os.utime(fd, (now, now))):
-                made_due += 1
-        except OSError:
+        if as_json_document:
+            docs.append(as_json(m, now))
             continue
-    listening = _trigger_has_reader(spool_dir)
-    poke_trigger(spool_dir)
-    print(f"{made_due} deferred message{'' if made_due == 1 else 's'} made due; "
-          + ("smapd woken" if listening else "no smapd is listening on " + os.path.join(spool_dir, TRIGGER)),
-          file=out)
-    return 0 if listening else 1
+        if m.env is None:
+            print(f"smapctl: {m.id} ({m.path}) cannot be read: {m.problem}", file=err)
+            status = 1
+            continue
+        if not message_only:
+            _describe(m, now, out)
+        out.flush()
+        _copy_message(m, getattr(out, "buffer", out))
+    if as_json_document:
+        import json
+        json.dump(docs, out, indent=1)
+        out.write("\n")
+    return status
 
 
-def _trigger_has_reader(spool_dir: str) -> bool:
-    try:
-        fd = os.open(os.path.join(spool_dir, TRIGGER), os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False  # ENXIO: a FIFO without a reader; ENOENT: none; ELOOP: a symlink
-    try:
-        return stat.S_ISFIFO(os.fstat(fd).st_mode)
-    finally:
-        os.close(fd)
+def _describe(m: Message, now: float, out) -> None:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(m.arrival()))
+    lines = [f"*** ENVELOPE RECORDS {m.id} ***", f"queue: {m.place} {m.path}", f"size: {m.st.st_size}",
+             f"arrival: {stamp} (age {age(now - m.arrival())})", f"next attempt: {_when(m, now)}",
+             f"sender: <{m.env.sender}>"]
+    lines += [f"attribute: {k}={v}" for k, v in m.env.attributes.items()]
+    sent = set(m.env.sent)
+    lines += [f"recipient: <{r}> ({'sent' if r in sent else 'pending'})" for r in m.env.recipients]
+    error = spool.get_error(m.path)
+    if error:
+        lines.append(f"last error: {error}")
+    lines.append(f"*** MESSAGE CONTENTS {m.id} ***")
+    out.write("\n".join(lines) + "\n")
+
+
+def _copy_message(m: Message, out) -> None:
+    """The message as queued (after the envelope's BODY line), in chunks."""
+    fd = os.open(m.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        f.seek(m.env.body_offset)
+        while True:
+            chunk = f.read(1 << 16)
+            if not chunk:
+                break
+            out.write(chunk)
+    out.flush()
+

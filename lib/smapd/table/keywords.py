@@ -441,6 +441,10 @@ def _baddir(settings):
     return settings["directory"].rstrip("/") + "/bad"
 
 
+def _holddir(settings):
+    return settings["directory"].rstrip("/") + "/hold"
+
+
 def _run_file(settings, suffix):
     """/var/run/NAME.suffix, NAME being the name the program reads the table
     under; for ssl-gw, ssl-gw.SERVICE.suffix (one daemon per service)."""
@@ -582,6 +586,9 @@ _DECLARATIONS = [
             "how long the verifier trusts a refusal (5xx) of the MTA"),
     Keyword(SMAPD, "baddir", Path("dir", "DIRECTORY"), _baddir, "where refused and corrupt spool files are moved",
             default_doc="DIRECTORY/bad"),
+    Keyword(SMAPD, "holddir", Path("dir", "DIRECTORY"), _holddir,
+            "where smapctl hold keeps messages that smapd must not hand off, until smapctl release; smapd never "
+            "reads it (smapctl makes it, mode 0700, on the spool's file system)", default_doc="DIRECTORY/hold"),
     Keyword(SMAPD, "wakeup", Int(1, metavar="SECONDS"), 30, "seconds between two scans of the spool"),
     Keyword(SMAPD, "maxchildren", Int(1, 1000), 6, "delivery children at once"),
     Keyword(SMAPD, "executable", Path("none"), None, "FWTK 2.1's path of smapd's delivery program",
@@ -719,7 +726,7 @@ def load(table: netperm.Table, program: str, names, rules: bool = True) -> Loade
              if not d.programs or "*" in d.programs or any(n in d.programs for n in names)]
 
     def diag(rule, severity, message):
-        diags.append(Diagnostic(rule.file, rule.line, severity, message, rule.programs))
+        diags.append(Diagnostic(rule.file, rule.line, severity, message, rule.programs, rule.keyword, program))
 
     for rule in table.rules_for(names):
         kw = KEYWORDS.get((program, rule.keyword))

@@ -51,7 +51,9 @@ class Diagnostic:
 
     `line` is 0 when the finding concerns the whole file.  `programs` is
     the program list of the line when it could be read, so that a program
-    can ignore a broken line that belongs to another proxy.
+    can ignore a broken line that belongs to another proxy.  `keyword`
+    and `program`: the keyword concerned and the program of the suite
+    that found it, when known (smapctl check --json).
     """
 
     file: str
@@ -59,6 +61,12 @@ class Diagnostic:
     severity: str  # "error", "warning" or "note"
     message: str
     programs: tuple = ()
+    keyword: str = ""
+    program: str = ""
+
+    def as_json(self) -> dict:
+        return {"file": self.file, "line": self.line or None, "severity": self.severity,
+                "program": self.program or None, "keyword": self.keyword or None, "text": self.message}
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file

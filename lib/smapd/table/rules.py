@@ -248,5 +248,6 @@ def evaluate(settings, table: str, rules=RULES) -> list:
             else:
                 text = found
                 file, line = where(settings, rule.keyword, table)
-            out.append(Diagnostic(file, line, rule.severity, f"{name}: {text}"))
+            out.append(Diagnostic(file, line, rule.severity, f"{name}: {text}", keyword=rule.keyword or "",
+                                  program=settings.program))
     return out
