@@ -50,9 +50,10 @@ def _text(value) -> str:
 
 
 def effective(table: Table, program: str, names: tuple, only_set: bool = False) -> list:
-    """[{keyword, value, source, file, line, lines, ignored}] in the order
-    of keywords.py; `lines`: every line used (a repeatable keyword's,
-    permit-/deny- rules), `ignored`: the lines that lost to `source`."""
+    """([{keyword, value, source, file, line, lines, ignored}] in the
+    order of keywords.py, the errors of the table for these names);
+    `lines`: every line used (a repeatable keyword's, permit-/deny-
+    rules), `ignored`: the lines that lost to `source`."""
     loaded = keywords.load(table, program, names)
     s = loaded.settings
     broken = {(d.file, d.line) for d in loaded.diagnostics if d.severity == "error"}
