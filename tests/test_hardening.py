@@ -338,7 +338,7 @@ def test_one_queue_id_from_connect_to_the_message(smap_table, spool, smap):
     [name] = spool_files(spool)
     assert name == "sma" + qid and f" id {qid}\n" in spooled_message(spool, name).decode()
     # The session's end is a disconnect; exiting is for a process.
-    assert re.search(r"disconnect host=\S+ messages=1 bytes=\d+$", log, re.M), log
+    assert re.search(rf"disconnect host=\S+ messages=1 bytes=\d+ id={qid}$", log, re.M), log
     assert "exiting host=" not in log
 
 

@@ -107,8 +107,8 @@ def test_python_smtplib_through_xinetd(deployment):
     st = os.stat(spool / name)
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (REF_UID, REF_GID, 0o660)
     log = deployment["syslog"]
-    log.wait(r"^<22>smmap\[\d+\]: disconnect host=client\.example\.test/127\.0\.0\.1 messages=1 bytes=%d$"
-             % len(body))
+    log.wait(r"^<22>smmap\[\d+\]: disconnect host=client\.example\.test/127\.0\.0\.1 messages=1 bytes=%d id=%s$"
+             % (len(body), qid))
     lines = log.read()
     assert any(re.match(r"<22>smmap\[\d+\]: connect host=client\.example\.test/127\.0\.0\.1 id=%s$" % qid, l)
                for l in lines), lines

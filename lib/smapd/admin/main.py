@@ -386,6 +386,8 @@ def parser() -> argparse.ArgumentParser:
     pw.set_defaults(func=cmd_passwd)
     # Subcommands defined in modules of their own, each adding its parsers
     # with add_parsers(sub) (one line per module, below).
+    from smapd.admin import logs
+    logs.add_parsers(sub)
     return p
 
 

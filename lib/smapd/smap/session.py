@@ -361,6 +361,9 @@ class Session:
         #: grep finds the connection, its refusals, the message and
         #: smapd's hand-off.  A new one after each message spooled.
         self.queue_id = spool.new_queue_id()
+        #: The first of them: the disconnect line carries it, as the connect
+        #: line does, so that the two pair up (smapctl trace).
+        self.session_id = self.queue_id
 
     def _send(self, result: Result, final: bool = False) -> bool:
         """Carry out the replies of a result; False when the session ends."""
@@ -439,8 +442,8 @@ class Session:
             aborted = True
             raise
         finally:
-            log.info("disconnect host=%s/%s messages=%d bytes=%d%s", self.client_name, self.client_addr,
-                     self.messages, self.bytes, " (aborted)" if aborted else "")
+            log.info("disconnect host=%s/%s messages=%d bytes=%d id=%s%s", self.client_name, self.client_addr,
+                     self.messages, self.bytes, self.session_id, " (aborted)" if aborted else "")
             if aborted:
                 self.sock.close()
             else:
@@ -462,8 +465,8 @@ class Session:
             return False
         peer = stls.peer_subject(self.sock)
         description = stls.describe(self.sock)
-        log.info("host=%s/%s TLS %s%s", self.client_name, self.client_addr, description,
-                 f" client={peer}" if peer else "")
+        log.info("host=%s/%s TLS %s%s id=%s", self.client_name, self.client_addr, description,
+                 f" client={peer}" if peer else "", self.queue_id)
         self._send(self.proto.tls_started(description, peer))
         return True
 
