@@ -167,7 +167,8 @@ def test_delete_waits_for_the_hand_off_that_holds_the_lock(ch):
     deleting = subprocess.Popen([command("smapctl"), "delete", qid, "--reason", "spam", "--config", str(ch.table)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # smapctl waits in the kernel for the lock (a blocked waiter in /proc/locks)
-    wait_for(lambda: "->" in Path("/proc/locks").read_text(), what="smapctl to wait for the lock")
+    wait_for(lambda: any("->" in line and f" {deleting.pid} " in line
+                         for line in Path("/proc/locks").read_text().splitlines()), what="smapctl to wait for the lock")
     assert deleting.poll() is None and ch.spooled() == [qid]
     (ch.gate / "open").touch()  # the MTA fails: smapd defers the file and lets go of it
     out, err = deleting.communicate(timeout=30)
