@@ -50,6 +50,10 @@ from smapd.files import fsync_dir
 from smapd.xtext import unxtext, xtext
 
 TEMP_PREFIX, READY_PREFIX, TRIGGER = "xma", "sma", ".trigger"
+#: smapd's status (handoff/status.py), which `smapctl stats smapd` reads;
+#: written beside it as STATUS + ".new" and renamed.  Neither name starts
+#: with READY_PREFIX: list_spool() never takes them for messages.
+STATUS = ".status"
 #: The UNIX socket of smapd's recipient verifier (handoff/verifier.py).
 VERIFY_SOCKET = ".verify"
 #: The ATTR lines smap writes: what the MTA behind smapd needs to judge
@@ -315,8 +319,12 @@ def set_error(fd, text: str) -> None:
         pass  # a file system without user xattrs: the log has it anyway
 
 
-def get_error(path: str) -> str:
+def get_error(path) -> str:
+    """The last error of the file at `path` (never followed), or of the
+    open descriptor `path`; "" when it has none."""
     try:
+        if isinstance(path, int):
+            return os.getxattr(path, ERROR_XATTR).decode("utf-8", "replace")
         return os.getxattr(path, ERROR_XATTR, follow_symlinks=False).decode("utf-8", "replace")
     except OSError:
         return ""

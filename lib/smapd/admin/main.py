@@ -5,7 +5,8 @@ program of the suite and the files and accounts it names (see check.py);
 `smapctl queue`, `requeue` and `flush` administer smapd's spool
 (queue.py); `smapctl maildrop` is the demo's local delivery agent
 (maildrop.py).
-`smapctl stats` prints the scoreboard of a running master.
+`smapctl stats` prints the scoreboard of a running master and smapd's status
+(stats.py).
 `smapctl mkcert` makes a key and its certificate in one PEM file, as
 stunnel's `make stunnel.pem` did, and `smapctl certinfo` describes the
 certificates of PEM files (certs.py).
@@ -21,7 +22,6 @@ asked only to look; echo, print or log a password.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from smapd import __version__
@@ -73,41 +73,6 @@ def cmd_queue(args) -> int:
     from smapd import log
     logger = log.setup("smapctl", s["log-facility"], False, s["log-socket"])
     return surgery.run(args.command, s, ids, sys.stdout, sys.stderr, args.wait, args.reason, logger)
-
-
-def cmd_stats(args) -> int:
-    """The scoreboard of a running master (smap -daemon, ssl-gw -d)."""
-    from smapd.table import keywords
-    from smapd.table.netperm import ConfigError, Table
-    from smapd.prefork.scoreboard import Scoreboard, format_stats
-    path = args.scoreboard
-    if path is None:
-        program = keywords.SSLGW if args.name.replace("_", "-").startswith("ssl") else keywords.SMAP
-        try:
-            path = keywords.load_or_die(Table.read(table_path(args.config)), program, (args.name,)).settings["scoreboard"]
-        except ConfigError as e:
-            for d in e.diagnostics:
-                print(f"smapctl: {d}", file=sys.stderr)
-            return EXIT_CONFIG
-    try:
-        board = Scoreboard.open_readonly(path)
-    except FileNotFoundError:
-        print(f"smapctl: no scoreboard at {path}: is {args.name} -daemon running?", file=sys.stderr)
-        return EXIT_RUNTIME
-    except (OSError, ValueError) as e:
-        print(f"smapctl: {path}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
-        return EXIT_RUNTIME
-
-    def alive(pid):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
-    sys.stdout.write(format_stats(board, alive=alive))
-    return EXIT_OK
 
 
 def cmd_show_config(args) -> int:
@@ -318,16 +283,6 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("-n", action="store_true", help="only the keywords the table sets")
     sc.add_argument("--json", action="store_true", help="one JSON document on stdout")
     sc.set_defaults(func=cmd_show_config)
-    st = sub.add_parser("stats", help="print the scoreboard of a running smap -daemon",
-                        description="Print the scoreboard of a running master: its children, their state, "
-                                    "the client each serves and the SMTP stage it is at.")
-    st.add_argument("--config", "-c", metavar="FILE", help="the table (default: $NETPERM_TABLE, else "
-                                                              "/usr/local/etc/netperm-table)")
-    st.add_argument("--scoreboard", "-f", metavar="FILE", help="the scoreboard file (default: the table's "
-                                                                  "scoreboard for NAME)")
-    st.add_argument("name", nargs="?", default="smap", help="the name the master reads the table under "
-                                                            "(default: smap)")
-    st.set_defaults(func=cmd_stats)
     m = sub.add_parser("maildrop", help="sendmail-compatible delivery into Maildirs (the demo's MTA)",
                        description="Read a message on stdin and write one Maildir message per recipient "
                                    "under DIR/RECIPIENT/. Takes sendmail's -oi -f SENDER -- RCPT… arguments.")
@@ -388,6 +343,8 @@ def parser() -> argparse.ArgumentParser:
     # with add_parsers(sub) (one line per module, below).
     from smapd.admin import logs
     logs.add_parsers(sub)
+    from smapd.admin import stats
+    stats.add_parsers(sub)
     return p
 
 

@@ -7,7 +7,10 @@ files; fork a child for each due file not already being delivered, up to
 deliver.py, so two smapd on one spool deliver each message once); remove
 `xma*` files older than a day (with a log line); then sleep until the
 `.trigger` FIFO is written (smap pokes it after each commit), a child
-ends, a signal comes, or `wakeup` seconds pass.
+ends or reports, a signal comes, or `wakeup` seconds pass.  Before each
+sleep it publishes its status (status.py: the file `.status` that
+`smapctl stats smapd` reads, and the process title), which it learns from
+its own scans and from what each delivery child reports on a pipe.
 
 Signals (handlers only write the self-pipe): HUP re-reads the table (a
 broken one is logged and the old settings kept), TERM and INT stop
@@ -35,6 +38,7 @@ from smapd.handoff import deliver
 # Imported now, with the rest: after the privilege drop the interpreter's
 # files may be out of reach.
 from smapd.handoff import verifier
+from smapd.handoff.status import Reporter, Status
 from smapd.table.netperm import ConfigError, Table
 from smapd import spool
 from smapd.spool import TEMP_PREFIX, TRIGGER
@@ -66,6 +70,13 @@ def _title(text: str) -> None:
         _setproctitle(text)
 
 
+def handoff_text(settings) -> str:
+    """How smapd hands off, for its start line and its status."""
+    if settings["mta"]:
+        return f"mta {settings['mta']}"
+    return "sendmail " + " ".join(settings["sendmail"])
+
+
 def context(settings) -> deliver.DeliverySettings:
     return deliver.DeliverySettings(sendmail=settings["sendmail"], baddir=settings["baddir"],
                            retry_max=settings["retry-max"], timeout=settings["sendmail-timeout"],
@@ -90,6 +101,8 @@ class Runner:
         self.verifier = None            # pid of the recipient verifier (verifier.py), when running
         self.verifier_after = 0.0       # no restart before this time (a verifier that dies at once)
         self.last_scan = -SCAN_GAP      # time.monotonic() of the last scan
+        self.reports = {}               # pid -> the read end of its delivery child's report pipe
+        self.status = Status(prog, handoff_text(settings), settings["maxchildren"])
 
     # ------------------------------------------------------------ setup
 
@@ -134,9 +147,7 @@ class Runner:
     def run(self) -> int:
         self.open_trigger()
         self.install_signals()
-        handoff = f"mta {self.settings['mta']}" if self.settings["mta"] else \
-            "sendmail " + " ".join(self.settings["sendmail"])
-        log.info("started: spool %s, %s, wakeup %ds, maxchildren %d", os.getcwd(), handoff,
+        log.info("started: spool %s, %s, wakeup %ds, maxchildren %d", os.getcwd(), handoff_text(self.settings),
                  self.settings["wakeup"], self.settings["maxchildren"])
         while True:
             self.reap()
@@ -146,9 +157,11 @@ class Runner:
             if self.stopping:
                 self.stop_verifier()
                 if not self.children and self.verifier is None:
+                    self.status.remove()
                     log.info("stopped")
                     return 0
-                _title(f"{self.prog}: stopping, {len(self.children)} deliveries running")
+                if not self.status.stopping:
+                    self.status.stop()
             else:
                 self.start_verifier()
                 gap = self.last_scan + SCAN_GAP - time.monotonic()
@@ -158,7 +171,6 @@ class Runner:
                 self.last_scan = time.monotonic()
                 next_due = self.scan()
                 self.remove_stale_temps()
-                _title(f"{self.prog}: {len(self.children)} deliveries running")
             self.sleep(self.settings["wakeup"] if self.stopping else next_due)
 
     def scan(self) -> float:
@@ -175,6 +187,7 @@ class Runner:
         except OSError as e:
             log.error("cannot read the spool: %s", e.strerror)
             return wait
+        self.status.scanned(names)
         due = []
         for name in names:
             if name in busy or name in self.skip_until:
@@ -206,14 +219,25 @@ class Runner:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.close(self.wake_r)
         os.close(self.wake_w)
-        for fd in self.close_in_children:
+        for fd in (*self.close_in_children, *self.reports.values()):
             os.close(fd)
 
     def spawn(self, names: list) -> None:
         ctx = context(self.settings)
         try:
+            # Non-blocking at both ends: a child never waits for smapd to
+            # read its reports (status.py), nor smapd for a child to write.
+            report_r, report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            # The hand-off matters more than its report.
+            log.error("cannot make a delivery child's report pipe: %s (its outcome is not counted)", e.strerror)
+            report_r = report_w = None
+        try:
             pid = os.fork()
         except OSError as e:
+            for fd in (report_r, report_w):
+                if fd is not None:
+                    os.close(fd)
             log.error("cannot fork a delivery child: %s", e.strerror)
             for name in names:
                 self.skip_until[name] = time.time() + CRASH_PAUSE
@@ -222,6 +246,9 @@ class Runner:
             code = 1
             try:
                 self._in_child()
+                if report_r is not None:
+                    os.close(report_r)
+                reporter = Reporter(report_w)
                 # A delivery, once begun, is finished: ^C on smapd -d or a
                 # TERM to the process group must not kill the child while
                 # the MTA (in a session of its own) goes on, which would
@@ -233,13 +260,19 @@ class Runner:
                 def starting(i, name):
                     of = f" ({i + 1} of {len(names)})" if len(names) > 1 else ""
                     _title(f"{self.prog}: delivering {name[len(spool.READY_PREFIX):]}{of}")
+                    reporter.begin(name)
                 code = deliver.deliver_all(names, ctx, starting)
+                reporter.end()
             except BaseException:
                 log.exception("delivery of %s failed", ", ".join(names))
             finally:
                 logging.shutdown()
                 os._exit(code)
         self.children[pid] = names
+        if report_r is not None:
+            os.close(report_w)
+            self.reports[pid] = report_r
+        self.status.child_started(pid, names)
 
     # ------------------------------------------------------------ verifier
 
@@ -282,6 +315,8 @@ class Runner:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
+                for pid in list(self.children):
+                    self.child_gone(pid)
                 self.children.clear()
                 self.verifier = None
                 return
@@ -295,6 +330,8 @@ class Runner:
                 continue
             names = self.children.pop(pid, None)
             code = os.waitstatus_to_exitcode(status)
+            crashed = names and code not in (deliver.DONE, deliver.SKIPPED, deliver.STUCK)
+            self.child_gone(pid, f"delivery child {pid} ended with status {code}" if crashed else None)
             if not names or code == deliver.DONE:
                 continue
             # The child's worst outcome applies to each of its files; those
@@ -312,6 +349,34 @@ class Runner:
             for name in names:
                 self.skip_until[name] = time.time() + pause
 
+    def child_gone(self, pid: int, problem: str = None) -> None:
+        """A delivery child was reaped: the rest of its reports, then its
+        end, for the status."""
+        self.read_reports(pid)
+        fd = self.reports.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
+        self.status.child_ended(pid, problem)
+
+    def read_reports(self, only: int = None) -> None:
+        """What the delivery children (or the child `only`) have reported;
+        a pipe at its end (its child is gone) is closed."""
+        for pid, fd in list(self.reports.items()):
+            if only is not None and pid != only:
+                continue
+            while True:
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    break
+                if not data:
+                    os.close(self.reports.pop(pid))
+                    break
+                self.status.child_output(pid, data)
+
+    def publish(self) -> None:
+        self.status.publish(_title)
+
     def remove_stale_temps(self) -> None:
         now = time.time()
         try:
@@ -327,13 +392,20 @@ class Runner:
                 pass
 
     def sleep(self, seconds: float) -> None:
+        self.publish()
+        due = self.status.due_in()
+        if due is not None:
+            seconds = min(seconds, due + 0.01)
         p = select.poll()
         p.register(self.fifo, select.POLLIN)
         p.register(self.wake_r, select.POLLIN)
+        for fd in self.reports.values():
+            p.register(fd, select.POLLIN)
         try:
             p.poll(max(0, int(seconds * 1000)))
         except InterruptedError:
             pass
+        self.read_reports()
         for fd in (self.fifo, self.wake_r):
             try:
                 os.read(fd, 65536)  # bounded: a busy writer cannot keep us here
@@ -351,6 +423,7 @@ class Runner:
                 log.error("reload refused, the old settings stay: %s", str(d))
             return
         log.info("reloaded the table")
+        self.status.configure(handoff_text(self.settings), self.settings["maxchildren"])
         # A verifier with other settings (or none wanted): stopped, and
         # started again by the loop when still wanted.
         self.stop_verifier()
