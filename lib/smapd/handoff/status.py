@@ -295,8 +295,8 @@ class Status:
             _replace(spool.STATUS, data)
         except OSError as e:
             if e.strerror != self._write_error:
-                log.warning("cannot write the status file %s: %s (smapctl stats smapd cannot see smapd)",
-                            spool.STATUS, e.strerror)
+                log.warning("cannot write the status file %s: %s (smapctl stats smapd shows an older status "
+                            "meanwhile)", spool.STATUS, e.strerror)
             self._write_error, self._dirty = e.strerror, True   # again after WRITE_GAP
             return
         self._write_error = None
