@@ -450,3 +450,34 @@ def test_detaches_writes_and_removes_its_pid_file(daemon):
     wait_for(lambda: not _alive(pid), what="the master to stop")
     wait_for(lambda: not d.pidfile.exists(), what="the pid file to go")
     assert not d.scoreboard.exists()
+
+
+def test_a_reader_never_sees_the_header_half_written(tmp_path):
+    """smapctl stats (and each child, for the stress flag) reads the header
+    while the master rewrites it (at every reap, at every change of stress).
+    A rewrite must never show a reader anything but the old or the new
+    header: struct's pack_into clears its bytes before it fills them."""
+    from smapd.prefork.scoreboard import Scoreboard
+    path = str(tmp_path / "board")
+    board = Scoreboard.create(path, 8, os.getpid())
+    pid = os.fork()
+    if pid == 0:  # the master's part: rewrite the header as fast as it can
+        try:
+            n = 0
+            while True:
+                n += 1
+                board.set_header(os.getppid(), n % 3, n, stress=bool(n & 1))
+        finally:
+            os._exit(0)
+    try:
+        seen, deadline = 0, time.monotonic() + 2
+        reader = Scoreboard.open_readonly(path)
+        while time.monotonic() < deadline:
+            assert reader.mm[:8] == b"SMAPSB02"
+            assert reader.header()["slots"] == 8
+            seen += 1
+        reader.close()
+        assert seen > 1000
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)

@@ -131,13 +131,22 @@ class Scoreboard:
             raise ValueError(f"{path} is not a scoreboard of this version")
         return cls(mm, slots, path)
 
+    def _put(self, offset: int, layout, *values) -> None:
+        """Every write into the shared pages: packed aside, then copied in.
+        Never struct's pack_into on the mapping: it clears the bytes before
+        it fills them, and a reader in another process (smapctl stats, a
+        child reading the stress flag) would see the zeros: a header
+        without its magic, a slot without its address."""
+        data = layout.pack(*values) if isinstance(layout, struct.Struct) else struct.pack(layout, *values)
+        self.mm[offset:offset + len(data)] = data
+
     # ------------------------------------------------------------ header
 
     def set_header(self, master_pid: int, generation: int, retired: int, started: float = None,
                    stress: bool = False) -> None:
         if started is None:
             started = self.header()["started"] if self.mm[:8] == MAGIC else time.time()
-        _HEADER.pack_into(self.mm, 0, MAGIC, self.slots, master_pid, generation, started, retired, int(stress))
+        self._put(0, _HEADER, MAGIC, self.slots, master_pid, generation, started, retired, int(stress))
 
     def header(self) -> dict:
         magic, slots, pid, generation, started, retired, stress = _HEADER.unpack_from(self.mm, 0)
@@ -162,11 +171,11 @@ class Scoreboard:
     def claim(self, i: int, pid: int, generation: int) -> None:
         """The master, at fork: the slot belongs to `pid` now."""
         now = time.time()
-        _SLOT.pack_into(self.mm, self._records + i * SLOT_SIZE, pid, generation, now, now, 0, b"", b"")
+        self._put(self._records + i * SLOT_SIZE, _SLOT, pid, generation, now, now, 0, b"", b"")
         self.mm[self._states + i:self._states + i + 1] = STARTING
 
     def set_pid(self, i: int, pid: int) -> None:
-        struct.pack_into("<i", self.mm, self._records + i * SLOT_SIZE, pid)
+        self._put(self._records + i * SLOT_SIZE, "<i", pid)
 
     def release(self, i: int) -> int:
         """The master, after reaping: the slot is free; returns what the
@@ -181,20 +190,20 @@ class Scoreboard:
         a busy slot without its address."""
         off = self._records + i * SLOT_SIZE
         if address is not None:
-            struct.pack_into("<d", self.mm, off + 8, time.time())
-            struct.pack_into("46s16s", self.mm, off + 28, address.encode("ascii", "replace")[:45],
+            self._put(off + 8, "<d", time.time())
+            self._put(off + 28, "46s16s", address.encode("ascii", "replace")[:45],
                              stage.encode("ascii", "replace")[:15])
         elif state != BUSY:
-            struct.pack_into("<d", self.mm, off + 8, time.time())
+            self._put(off + 8, "<d", time.time())
         self.mm[self._states + i:self._states + i + 1] = state
 
     def set_stage(self, i: int, stage: str) -> None:
-        struct.pack_into("16s", self.mm, self._records + i * SLOT_SIZE + 74, stage.encode("ascii", "replace")[:15])
+        self._put(self._records + i * SLOT_SIZE + 74, "16s", stage.encode("ascii", "replace")[:15])
 
     def served_one(self, i: int) -> None:
         off = self._records + i * SLOT_SIZE + 24
         (n,) = struct.unpack_from("<I", self.mm, off)
-        struct.pack_into("<I", self.mm, off, n + 1)
+        self._put(off, "<I", n + 1)
 
     def address(self, i: int) -> str:
         raw = struct.unpack_from("46s", self.mm, self._records + i * SLOT_SIZE + 28)[0]
@@ -233,11 +242,11 @@ class Scoreboard:
         for r in range(FAIL_RECORDS):
             addr, n, last = _FAIL.unpack_from(self.mm, base + r * FAIL_SIZE)
             if addr.rstrip(b"\0") == want:
-                _FAIL.pack_into(self.mm, base + r * FAIL_SIZE, want, (n if now - last <= window else 0) + 1, now)
+                self._put(base + r * FAIL_SIZE, _FAIL, want, (n if now - last <= window else 0) + 1, now)
                 return
             if oldest_at is None or last < oldest_at:
                 oldest, oldest_at = r, last
-        _FAIL.pack_into(self.mm, base + oldest * FAIL_SIZE, want, 1, now)
+        self._put(base + oldest * FAIL_SIZE, _FAIL, want, 1, now)
 
     def auth_failures(self, address: str, window: float, now: float = None) -> int:
         """AUTH failures from `address` over every slot, counting a record
