@@ -84,7 +84,7 @@ class Setup:
     def start(self):
         self.postfix.start()
         self.smap.start()
-        self.smapd_err = open(self.base / "smapd.stderr", "w+b")
+        self.smapd_err = open(self.base / "smapd.stderr", "a+b")
         self.smapd = subprocess.Popen([command("smapd"), "-f", "--config", str(self.smap.table)],
                                       stdin=subprocess.DEVNULL, stdout=self.smapd_err, stderr=self.smapd_err)
         self.smap.syslog.wait(r"smapd\[\d+\]: started: ")

@@ -37,7 +37,7 @@ def live(chain, pki):  # noqa: F811
     with open(c.table, "a") as f:
         f.write(f"ssl-gw: scoreboard {c.gw_scoreboard}\nssl-gw: pidfile {c.base / 'gw.pid'}\nssl-gw: minspare 1\n")
     c.gw_port = free_port()
-    log = open(c.base / "gw.log", "w+b")
+    log = open(c.base / "gw.log", "a+b")
     gw = subprocess.Popen([command("ssl-gw"), "--config", str(c.table), "-f", "-d", f"127.0.0.1:{c.gw_port}",
                            "-r", f"127.0.0.1:{free_port()}", "-p", pki.server_pem, "-s", "nobody",
                            "-g", grp.getgrgid(nobody_ids()[1]).gr_name],

@@ -58,7 +58,7 @@ class Env:
         return p
 
     def start(self):
-        log = open(self.base / f"smapd{len(self.procs)}.log", "w+b")
+        log = open(self.base / f"smapd{len(self.procs)}.log", "a+b")
         p = subprocess.Popen([command("smapd"), "-d", "--config", str(self.table)], stdout=log, stderr=log)
         p.logfile = log
         self.procs.append(p)

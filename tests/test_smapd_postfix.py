@@ -66,7 +66,7 @@ def test_smap_smapd_postfix_byte_exact(unprivileged_submission, public_tmp, loop
     ids = [send(InetdSmap(str(table)), "alice@example.org", rcpts_a, MESSAGE),
            send(InetdSmap(str(table)), "alice@example.org", rcpts_b, b"Subject: hundred\r\n\r\nto 100\r\n")]
 
-    log = open(public_tmp / "smapd.log", "w+b")
+    log = open(public_tmp / "smapd.log", "a+b")
     smapd = subprocess.Popen([command("smapd"), "-d", "--config", str(table)], stdout=log, stderr=log)
     try:
         for r in rcpts_a:

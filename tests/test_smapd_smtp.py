@@ -48,7 +48,7 @@ def table_for(public_tmp, loopback_dns, mta):
 
 
 def start_smapd(public_tmp, table):
-    log = open(public_tmp / "smapd.log", "w+b")
+    log = open(public_tmp / "smapd.log", "a+b")
     return subprocess.Popen([command("smapd"), "-d", "--config", str(table)], stdout=log, stderr=log), log
 
 

@@ -295,7 +295,11 @@ class Smapd:
         self.orphans = []   # processes of killed smapds and children, until they exit
 
     def start(self):
-        log = open(self.base / f"smapd{len(self.logs)}.log", "w+b")
+        # Append mode: smapd's stderr and our reads share one file offset, and
+        # without O_APPEND a line smapd writes between our seek(0) and read()
+        # lands at 0, over the lines before it ("started:" lost: a restart
+        # that seemed to time out).
+        log = open(self.base / f"smapd{len(self.logs)}.log", "a+b")
         self.logs.append(log)
         self.proc = subprocess.Popen([command("smapd"), "-d", "--config", str(self.table)], stdout=log,
                                      stderr=log, stdin=subprocess.DEVNULL)
