@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from support.logs import Syslog
-from support.programs import ROOT, command, free_port, make_spool, nobody_ids, wait_for
+from support.programs import ROOT, children, command, free_port, make_spool, nobody_ids, wait_for
 
 SCRIPTS = os.path.join(ROOT, "contrib", "rc.d")
 RC_SUBR = os.path.join(ROOT, "tests", "rc", "rc.subr")
@@ -136,6 +136,24 @@ def test_smapd_rc_script(tmp_path, public_tmp):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="rc starts the daemons as root")
+def _where_they_wait(master, port):
+    """What a failure report needs when a child seems stuck: where in the
+    kernel each child of `master` waits, and every socket of `port`."""
+    out = []
+    for pid in children(master):
+        def get(name):
+            try:
+                with open(f"/proc/{pid}/{name}") as f:
+                    return f.read().strip()
+            except OSError as e:
+                return f"({e.strerror})"
+        state = [l for l in get("status").splitlines() if l.startswith("State:")]
+        out.append(f"child {pid}: {' '.join(state)}, wchan {get('wchan')}, syscall {get('syscall')}\n"
+                   f"{get('stack')}")
+    ss = subprocess.run(["ss", "-tanp", f"( sport = :{port} or dport = :{port} )"], capture_output=True, text=True)
+    return "\n".join(out) + "\n" + ss.stdout + ss.stderr
+
+
 def test_ssl_gw_rc_script(tmp_path, pki):
     import socket
     backend = socket.socket()
@@ -165,7 +183,8 @@ def test_ssl_gw_rc_script(tmp_path, pki):
         try:
             conn, _ = backend.accept()  # the handshake done, ssl-gw connected its backend
         except socket.timeout:
-            pytest.fail("ssl-gw did not connect its backend; its log:\n" + "\n".join(syslog.read()))
+            pytest.fail("ssl-gw did not connect its backend; its log:\n" + "\n".join(syslog.read())
+                        + "\n" + _where_they_wait(pid, backend.getsockname()[1]))
         conn.sendall(b"hello\r\n")
         assert tls.recv(100) == b"hello\r\n"
         conn.close()
