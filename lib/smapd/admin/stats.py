@@ -32,7 +32,7 @@ import time
 from smapd import spool
 from smapd.exits import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME
 from smapd.log import sanitize
-from smapd.prefork.scoreboard import BUSY, FREE, IDLE, STARTING, STATE_NAMES, STOPPING, _duration as duration
+from smapd.prefork.scoreboard import BUSY, FREE, IDLE, STARTING, STATE_NAMES, STOPPING, duration
 from smapd.table import keywords
 from smapd.table.programs import table_path
 

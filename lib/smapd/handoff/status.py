@@ -52,7 +52,7 @@ import time
 
 from smapd import spool
 from smapd.files import read_regular, write_all
-from smapd.prefork.scoreboard import _duration as duration
+from smapd.prefork.scoreboard import duration
 
 log = logging.getLogger("smapd")
 

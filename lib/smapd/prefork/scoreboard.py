@@ -300,7 +300,7 @@ def format_stats(board: Scoreboard, now: float = None, alive=None) -> str:
     lines = []
     running = alive(h["master"]) if alive else True
     lines.append(f"master pid {h['master']}{'' if running else ' (NOT RUNNING: stale scoreboard)'}, "
-                 f"up {_duration(now - h['started'])}, generation {h['generation']}, "
+                 f"up {duration(now - h['started'])}, generation {h['generation']}, "
                  f"{len(live)} children of {h['slots']}: {by[BUSY]} busy, {by[IDLE]} idle, "
                  f"{by[STARTING]} starting, {by[STOPPING]} stopping; {served} connections served"
                  + ("; UNDER STRESS (short time limits)" if h["stress"] else ""))
@@ -309,11 +309,13 @@ def format_stats(board: Scoreboard, now: float = None, alive=None) -> str:
         client = f"{s.address} {s.stage}".strip() if s.state in (BUSY, STOPPING) else ""
         gen = "" if s.generation == h["generation"] else f" (generation {s.generation})"
         lines.append(f"{s.index:>4} {s.pid:>7} {STATE_NAMES.get(s.state, '?'):<8} "
-                     f"{_duration(now - s.since):>8} {s.served:>6}  {client}{gen}".rstrip())
+                     f"{duration(now - s.since):>8} {s.served:>6}  {client}{gen}".rstrip())
     return "\n".join(lines) + "\n"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """`42s`, `3m07s`, `2h05m`, `4d01h`: an age or an uptime, as smapctl
+    stats and smapd's status print them (one format for all)."""
     s = max(0, int(seconds))
     if s < 60:
         return f"{s}s"
