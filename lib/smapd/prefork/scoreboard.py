@@ -87,6 +87,7 @@ class Scoreboard:
         self.mm = mm
         self.slots = slots
         self.path = path
+        self._view = None
         self._states = HEADER_SIZE
         self._records = HEADER_SIZE + ((slots + 63) // 64) * 64
 
@@ -138,7 +139,9 @@ class Scoreboard:
         child reading the stress flag) would see the zeros: a header
         without its magic, a slot without its address."""
         data = layout.pack(*values) if isinstance(layout, struct.Struct) else struct.pack(layout, *values)
-        self.mm[offset:offset + len(data)] = data
+        if self._view is None:  # made at the first write: smapctl's read-only map never has one
+            self._view = memoryview(self.mm).cast("B")
+        self._view[offset:offset + len(data)] = data   # one memcpy
 
     # ------------------------------------------------------------ header
 
