@@ -135,7 +135,6 @@ def test_smapd_rc_script(tmp_path, public_tmp):
         syslog.close()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="rc starts the daemons as root")
 def _where_they_wait(master, port):
     """What a failure report needs when a child seems stuck: where in the
     kernel each child of `master` waits, and every socket of `port`."""
@@ -154,6 +153,7 @@ def _where_they_wait(master, port):
     return "\n".join(out) + "\n" + ss.stdout + ss.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="rc starts the daemons as root")
 def test_ssl_gw_rc_script(tmp_path, pki):
     import socket
     backend = socket.socket()
