@@ -150,7 +150,22 @@ def _where_they_wait(master, port):
         out.append(f"child {pid}: {' '.join(state)}, wchan {get('wchan')}, syscall {get('syscall')}\n"
                    f"{get('stack')}")
     ss = subprocess.run(["ss", "-tanp", f"( sport = :{port} or dport = :{port} )"], capture_output=True, text=True)
-    return "\n".join(out) + "\n" + ss.stdout + ss.stderr
+    # The test's own process: which of its threads could hold an accepted
+    # connection of the backend (once, one did: fd 14 of pytest), and its fds.
+    import sys
+    import threading
+    import traceback
+    frames = sys._current_frames()
+    threads = [f"thread {t.name} ({t.ident}):\n" + "".join(traceback.format_stack(frames[t.ident])[-6:])
+               for t in threading.enumerate() if t.ident in frames]
+    fds = []
+    for fd in sorted(os.listdir("/proc/self/fd"), key=int):
+        try:
+            fds.append(f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}")
+        except OSError:
+            pass
+    return ("\n".join(out) + "\n" + ss.stdout + ss.stderr + "\n" + "\n".join(threads)
+            + "\nthe test's fds: " + ", ".join(fds))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="rc starts the daemons as root")
