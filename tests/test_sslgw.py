@@ -91,7 +91,8 @@ class Backend:
         self.port = self.sock.getsockname()[1]
         self.handler = handler
         self.errors = []
-        threading.Thread(target=self._run, daemon=True).start()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
 
     def _run(self):
         while True:
@@ -109,7 +110,14 @@ class Backend:
             self.errors.append(e)
 
     def close(self):
+        # close() alone leaves the thread blocked in accept() on a socket
+        # that still listens (the blocked call holds it); shutdown wakes it.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
+        self.thread.join(10)
 
 
 def greeter(conn):
