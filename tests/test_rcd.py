@@ -10,6 +10,9 @@ import grp
 import os
 import shutil
 import subprocess
+import sys
+import threading
+import traceback
 
 import pytest
 
@@ -152,9 +155,6 @@ def _where_they_wait(master, port):
     ss = subprocess.run(["ss", "-tanp", f"( sport = :{port} or dport = :{port} )"], capture_output=True, text=True)
     # The test's own process: which of its threads could hold an accepted
     # connection of the backend (once, one did: fd 14 of pytest), and its fds.
-    import sys
-    import threading
-    import traceback
     frames = sys._current_frames()
     threads = [f"thread {t.name} ({t.ident}):\n" + "".join(traceback.format_stack(frames[t.ident])[-6:])
                for t in threading.enumerate() if t.ident in frames]
