@@ -17,7 +17,7 @@ import traceback
 import pytest
 
 from support.logs import Syslog
-from support.programs import ROOT, children, command, free_port, make_spool, nobody_ids, wait_for
+from support.programs import ROOT, children, command, free_port, make_spool, nobody_ids, proc_status, wait_for
 
 SCRIPTS = os.path.join(ROOT, "contrib", "rc.d")
 RC_SUBR = os.path.join(ROOT, "tests", "rc", "rc.subr")
@@ -149,12 +149,15 @@ def _where_they_wait(master, port):
                     return f.read().strip()
             except OSError as e:
                 return f"({e.strerror})"
-        state = [l for l in get("status").splitlines() if l.startswith("State:")]
-        out.append(f"child {pid}: {' '.join(state)}, wchan {get('wchan')}, syscall {get('syscall')}\n"
+        try:
+            state = proc_status(pid).get("State", "?")
+        except OSError as e:
+            state = f"({e.strerror})"
+        out.append(f"child {pid}: State {state}, wchan {get('wchan')}, syscall {get('syscall')}\n"
                    f"{get('stack')}")
     ss = subprocess.run(["ss", "-tanp", f"( sport = :{port} or dport = :{port} )"], capture_output=True, text=True)
-    # The test's own process: which of its threads could hold an accepted
-    # connection of the backend (once, one did: fd 14 of pytest), and its fds.
+    # The test's own threads and descriptors: once, the backend's connection
+    # was found accepted as fd 14 of the test process, not by the test.
     frames = sys._current_frames()
     threads = [f"thread {t.name} ({t.ident}):\n" + "".join(traceback.format_stack(frames[t.ident])[-6:])
                for t in threading.enumerate() if t.ident in frames]
